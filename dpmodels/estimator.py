@@ -1,0 +1,183 @@
+"""``DPGMM``: one call for people who want a fitted Dirichlet-process Gaussian mixture.
+
+>>> from dpmodels import DPGMM
+>>> model = DPGMM(truncation=30).fit(X)          # X: (N, D) NumPy array or torch tensor
+>>> labels, k = model.predict(X), model.n_active_
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from ._validation import NotFittedError, as_points, check_device, check_positive_int
+from .infer import FitResult, NaturalOptions, PyroOptions, fit_natural, fit_pyro
+from .models.base_measure import COVARIANCE_TYPES, empirical_base_measure
+from .models.dpgmm import ModelSpec
+from .posterior import MixturePosterior
+from .priors import WeightPrior
+
+__all__ = ["DPGMM", "ENGINES"]
+
+ENGINES = ("natural", "pyro")
+
+
+class DPGMM:
+    """Truncated Dirichlet-process (or Pitman–Yor, or finite) Gaussian mixture, fitted by VI.
+
+    Parameters
+    ----------
+    truncation : upper bound ``K`` on the number of components (not a guess of it).
+    prior : ``"dp"``, ``"pitman_yor"`` or ``"finite"`` (symmetric Dirichlet).
+    concentration : ``alpha``; the starting value when ``learn_concentration``.
+    discount : Pitman–Yor discount ``d`` in ``[0, 1)``.
+    learn_concentration : infer ``alpha`` under a ``Gamma(1, 1)`` hyperprior.
+    covariance : ``"full"`` (Normal–Wishart) or ``"diag"`` (Normal–Gamma).
+    engine : ``"natural"`` (closed-form natural-gradient VI, default) or ``"pyro"`` (Pyro SVI).
+    batch_size : minibatch size (``None`` = full batch).
+    seed : seeds the initialisation and minibatch order; same seed, same result (CPU).
+    device : ``"cpu"`` or ``"cuda"``.
+    n_restarts : independent initialisations fitted together; the best ELBO is kept.
+    max_iter, tol : iteration limit (full-batch iterations or Pyro steps) and ELBO tolerance
+        (nats per point); ``None`` keeps the engine's default.
+    active_threshold : share of the data a component must explain to count in ``n_active_``.
+    mean_precision, dof, scale : base-measure overrides (defaults follow the data).
+    progress : show a progress bar while fitting.
+    """
+
+    def __init__(
+        self,
+        truncation: int = 30,
+        prior: str = "dp",
+        concentration: float = 1.0,
+        discount: float = 0.0,
+        learn_concentration: bool = False,
+        covariance: str = "full",
+        engine: str = "natural",
+        batch_size: int | None = None,
+        seed: int = 0,
+        device: str = "cpu",
+        n_restarts: int = 1,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        active_threshold: float = 0.01,
+        mean_precision: float = 1.0,
+        dof: float | None = None,
+        scale=None,
+        progress: bool = False,
+    ):
+        self.truncation = check_positive_int(truncation, "truncation", "try 30 (an upper bound on clusters)")
+        self.prior = prior
+        self.weight_prior = WeightPrior(prior, float(concentration), float(discount), bool(learn_concentration))
+        if covariance not in COVARIANCE_TYPES:
+            raise ValueError(
+                f"covariance must be one of {COVARIANCE_TYPES}, got {covariance!r}; "
+                "try 'diag' for many features or 'full' otherwise."
+            )
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}; try engine='natural'.")
+        if engine == "natural" and learn_concentration and prior != "dp":
+            raise ValueError(
+                f"a learned concentration has closed-form updates only for prior='dp', got prior={prior!r}; "
+                "use engine='pyro' for it, or learn_concentration=False."
+            )
+        if batch_size is not None:
+            check_positive_int(batch_size, "batch_size", "use None for full-batch fitting")
+        self.concentration, self.discount = concentration, discount
+        self.learn_concentration, self.covariance, self.engine = learn_concentration, covariance, engine
+        self.batch_size, self.seed = batch_size, int(seed)
+        self.device = check_device(device)
+        self.n_restarts = check_positive_int(n_restarts, "n_restarts", "try 1 or 4")
+        self.max_iter, self.tol = max_iter, tol
+        if not 0.0 <= active_threshold < 1.0:
+            raise ValueError(f"active_threshold must lie in [0, 1), got {active_threshold!r}; try 0.01.")
+        self.active_threshold = active_threshold
+        self.mean_precision, self.dof, self.scale = mean_precision, dof, scale
+        self.progress = progress
+
+    # ---- fitting --------------------------------------------------------------------------------
+    def _options(self, num_points: int):
+        batch = self.batch_size
+        if batch is not None and batch > num_points:
+            warnings.warn(
+                f"batch_size={batch} exceeds the {num_points} points; fitting full batch instead.",
+                UserWarning,
+                stacklevel=3,
+            )
+            batch = None
+        overrides = {}
+        if self.tol is not None:
+            overrides["tol"] = self.tol
+        if self.engine == "natural":
+            if self.max_iter is not None:
+                overrides["max_iter"] = self.max_iter
+            return NaturalOptions(batch_size=batch, progress=self.progress, **overrides)
+        if self.max_iter is not None:
+            overrides["max_steps"] = self.max_iter
+        return PyroOptions(batch_size=batch, progress=self.progress, **overrides)
+
+    def fit(self, X) -> DPGMM:
+        """Fit to ``X`` of shape ``(N, D)``; returns ``self``."""
+        x = as_points(X)
+        N, D = x.shape
+        data = x.unsqueeze(0).expand(self.n_restarts, N, D)  # (B, N, D), restarts share memory
+        base = empirical_base_measure(
+            data[:1], self.covariance, mean_precision=self.mean_precision, dof=self.dof, scale=self.scale
+        )
+        base = base.__class__(
+            base.covariance,
+            *(t.expand((self.n_restarts,) + t.shape[1:]).clone() for t in (base.mean, base.mean_precision, base.dof, base.scale)),
+        )
+        spec = ModelSpec(self.weight_prior, base.to(device=self.device), self.truncation)
+        fit_fn = fit_natural if self.engine == "natural" else fit_pyro
+        result: FitResult = fit_fn(data, spec, seed=self.seed, options=self._options(N), device=self.device)
+        best = int(torch.nan_to_num(result.elbo, nan=-torch.inf).argmax())
+        full = MixturePosterior(result.params, spec, result.counts, N, self.active_threshold)
+        self.posterior_ = full.select(best)
+        self.fit_result_ = result
+        self.n_features_in_ = D
+        self.elbo_ = float(result.elbo[best])
+        self.elbo_history_ = result.elbo_history[:, best].numpy()
+        self.n_iter_ = result.n_iter
+        self.converged_ = bool(result.converged[best])
+        self.weights_ = self.posterior_.weights[0].cpu().numpy()
+        self.means_ = self.posterior_.means[0].cpu().numpy()
+        self.covariances_ = self.posterior_.covariances[0].cpu().numpy()
+        self.n_active_ = int(self.posterior_.n_active[0])
+        return self
+
+    # ---- prediction -----------------------------------------------------------------------------
+    def _check(self, X) -> torch.Tensor:
+        if not hasattr(self, "posterior_"):
+            raise NotFittedError("this DPGMM is not fitted yet; call fit(X) first.")
+        x = as_points(X, min_points=1)
+        if x.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {x.shape[1]} features but the model was fitted on {self.n_features_in_}; "
+                "pass points with the same features (columns)."
+            )
+        return x.to(self.device)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Responsibilities ``(N, K)``, components ordered by weight."""
+        return self.posterior_.responsibilities(self._check(X))[0].cpu().numpy()
+
+    def predict(self, X) -> np.ndarray:
+        """Most probable component per point ``(N,)``."""
+        return self.posterior_.predict(self._check(X))[0].cpu().numpy()
+
+    def score_samples(self, X) -> np.ndarray:
+        """Posterior predictive log density per point (nats) ``(N,)``."""
+        return self.posterior_.log_predictive(self._check(X))[0].cpu().numpy()
+
+    def score(self, X) -> float:
+        """Mean posterior predictive log density (nats per point)."""
+        return float(self.score_samples(X).mean())
+
+    def __repr__(self) -> str:
+        return (
+            f"DPGMM(truncation={self.truncation}, prior={self.prior!r}, concentration={self.concentration}, "
+            f"covariance={self.covariance!r}, engine={self.engine!r}, seed={self.seed})"
+        )

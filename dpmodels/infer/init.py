@@ -1,0 +1,89 @@
+"""Initialisation: batched k-means++ seeding plus a few Lloyd iterations on a subsample.
+
+Each of the ``B`` fits gets its own seeding (restarts differ), the clusters are sorted by size
+(largest first, which suits stick-breaking priors), and hard assignments of the subsample, scaled
+to the full data size, give the statistics of the first M-step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .updates import Stats
+
+__all__ = ["kmeans_plusplus", "lloyd", "initial_stats"]
+
+
+def _sq_dist(x: Tensor, centres: Tensor) -> Tensor:
+    """Squared distances ``(B, n, C)`` between ``x (B, n, D)`` and ``centres (B, C, D)``."""
+    return (
+        x.pow(2).sum(-1, keepdim=True)
+        - 2 * x @ centres.transpose(1, 2)
+        + centres.pow(2).sum(-1).unsqueeze(1)
+    ).clamp_min(0.0)
+
+
+def kmeans_plusplus(x: Tensor, n_clusters: int, generator: torch.Generator) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) per fit; ``x (B, n, D) -> centres (B, C, D)``."""
+    B, n, D = x.shape
+    rows = torch.arange(B, device=x.device)
+    first = torch.randint(n, (B,), generator=generator, device=x.device)
+    centres = [x[rows, first]]  # each (B, D)
+    closest = _sq_dist(x, centres[0].unsqueeze(1)).squeeze(-1)  # (B, n)
+    for _ in range(1, n_clusters):
+        total = closest.sum(-1, keepdim=True)
+        probs = torch.where(total > 0, closest / total.clamp_min(1e-30), torch.full_like(closest, 1.0 / n))
+        pick = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        centres.append(x[rows, pick])
+        closest = torch.minimum(closest, _sq_dist(x, centres[-1].unsqueeze(1)).squeeze(-1))
+    return torch.stack(centres, dim=1)
+
+
+def lloyd(x: Tensor, centres: Tensor, n_iter: int = 10) -> tuple[Tensor, Tensor]:
+    """Lloyd iterations; returns ``(centres (B, C, D), labels (B, n))``. Empty clusters stay put."""
+    C = centres.shape[1]
+    labels = _sq_dist(x, centres).argmin(-1)
+    for _ in range(n_iter):
+        onehot = torch.nn.functional.one_hot(labels, C).to(x.dtype)  # (B, n, C)
+        counts = onehot.sum(1)  # (B, C)
+        sums = onehot.transpose(1, 2) @ x  # (B, C, D)
+        centres = torch.where(counts.unsqueeze(-1) > 0, sums / counts.clamp_min(1).unsqueeze(-1), centres)
+        new_labels = _sq_dist(x, centres).argmin(-1)
+        if torch.equal(new_labels, labels):
+            break
+        labels = new_labels
+    return centres, labels
+
+
+def initial_stats(
+    x: Tensor,
+    truncation: int,
+    num_points: int,
+    generator: torch.Generator,
+    n_clusters: int | None = None,
+    covariance: str = "full",
+    lloyd_iter: int = 10,
+) -> Stats:
+    """Hard-assignment statistics from k-means on a centred subsample ``x (B, n, D)``.
+
+    ``n_clusters`` defaults to ``truncation`` (capped at ``n``); the rest of the ``K`` components
+    start empty, i.e. at the prior. Statistics are scaled by ``num_points / n``.
+    """
+    B, n, D = x.shape
+    C = min(n_clusters or truncation, truncation, n)
+    centres = kmeans_plusplus(x, C, generator)
+    _, labels = lloyd(x, centres, lloyd_iter)
+    onehot = torch.nn.functional.one_hot(labels, truncation).double()  # (B, n, K)
+    counts = onehot.sum(1)  # (B, K)
+    order = counts.argsort(dim=-1, descending=True)
+    onehot = torch.gather(onehot, 2, order.unsqueeze(1).expand_as(onehot))
+    x64 = x.double()
+    r_t = onehot.transpose(1, 2)  # (B, K, n)
+    s1 = r_t @ x64
+    if covariance == "full":
+        s2 = (r_t.unsqueeze(-1) * x64.unsqueeze(1)).transpose(-1, -2) @ x64.unsqueeze(1)
+    else:
+        s2 = r_t @ (x64 * x64)
+    stats = Stats(r_t.sum(-1), s1, s2, torch.zeros(B, dtype=torch.float64, device=x.device))
+    return stats.scale(num_points / n)

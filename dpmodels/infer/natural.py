@@ -1,0 +1,186 @@
+"""The natural-gradient engine: closed-form conjugate updates, full batch or minibatches.
+
+Full batch (``batch_size=None``) is coordinate-ascent VI: every iteration is an E-step over all
+points (in chunks, so memory stays bounded) and an M-step; the ELBO never decreases. With
+minibatches it is stochastic variational inference (Hoffman et al. 2013): statistics of a
+minibatch, rescaled to ``N``, are blended into running statistics with step
+``rho_t = (t + tau)^-kappa``, which is a natural-gradient step for the conjugate family; a few
+full-batch passes then polish the result. All ``B`` fits run as one tensor program.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..models.dpgmm import ModelSpec
+from ..models.family import VariationalParams
+from .init import initial_stats
+from .result import ConvergenceWarning, FitResult, auto_chunk_size, full_pass
+from .updates import Stats, e_step, elbo_from_stats, m_step, select_fits
+
+__all__ = ["NaturalOptions", "fit_natural", "centred_base", "initial_params"]
+
+
+@dataclass
+class NaturalOptions:
+    """Settings of the natural-gradient engine.
+
+    ``tol`` is the ELBO change per point (nats) below which a fit has converged; ``max_iter``
+    bounds the full-batch iterations; with ``batch_size`` set, ``max_epochs`` bounds the minibatch
+    phase and ``final_passes`` the full-batch polish after it.
+    """
+
+    max_iter: int = 300
+    tol: float = 1e-5
+    batch_size: int | None = None
+    max_epochs: int = 20
+    final_passes: int = 20
+    tau: float = 1.0
+    kappa: float = 0.7
+    chunk_size: int | None = None
+    init_subsample: int = 20_000
+    sort_components: bool = True
+    progress: bool = True
+
+
+def centred_base(spec: ModelSpec):
+    """The base measure in float64, centred at its own mean; returns ``(base_c, shift (B, D))``."""
+    base = spec.base.to(dtype=torch.float64)
+    shift = base.mean.clone()
+    return replace(base, mean=torch.zeros_like(base.mean)), shift
+
+
+def initial_params(data: Tensor, spec: ModelSpec, generator: torch.Generator, subsample: int, device):
+    """k-means-initialised float64 params (centred) and the centring shift."""
+    base_c, shift = centred_base(spec)
+    B, N, D = data.shape
+    n = min(N, subsample)
+    idx = torch.randperm(N, generator=generator)[:n].sort().values
+    x = data[:, idx].to(device=device, dtype=torch.float64) - shift.to(device).unsqueeze(1)
+    stats = initial_stats(x, spec.truncation, N, generator, covariance=spec.covariance)
+    return m_step(stats, base_c.to(device=device), spec.prior), base_c.to(device=device), shift.to(device)
+
+
+class _Tracker:
+    """ELBO history and per-fit convergence."""
+
+    def __init__(self, num_points: int, tol: float):
+        self.num_points, self.tol = num_points, tol
+        self.history: list[Tensor] = []
+        self.change: Tensor | None = None
+
+    def add(self, elbo: Tensor) -> Tensor:
+        per_point = (elbo / self.num_points).cpu()
+        if self.history:
+            self.change = (per_point - self.history[-1]).abs()
+        self.history.append(per_point)
+        return self.change is not None and bool((self.change < self.tol).all())
+
+
+def _m_step_sorted(stats: Stats, params: VariationalParams, base_c, spec: ModelSpec, sort: bool):
+    """M-step; for stick-breaking priors also try components sorted by size, keep what has the higher ELBO."""
+    new = m_step(stats, base_c, spec.prior, params)
+    elbo = elbo_from_stats(stats, new, base_c, spec.prior)
+    if not (sort and spec.prior.uses_sticks):
+        return new, elbo
+    order = stats.count.argsort(dim=-1, descending=True)
+    sorted_stats = stats.permute(order)
+    cand = m_step(sorted_stats, base_c, spec.prior, params)
+    cand_elbo = elbo_from_stats(sorted_stats, cand, base_c, spec.prior)
+    better = cand_elbo > elbo
+    return select_fits(better, cand, new), torch.where(better, cand_elbo, elbo)
+
+
+def _minibatch_phase(data, shift, params, base_c, spec, opts, generator, device, dtype, tracker, bar):
+    B, N, _ = data.shape
+    M = opts.batch_size
+    stats = None
+    step = 0
+    for _epoch in range(opts.max_epochs):
+        perm = torch.randperm(N, generator=generator)
+        epoch_elbo = []
+        for start in range(0, N - M + 1, M):
+            idx = perm[start : start + M].sort().values
+            x = data[:, idx].to(device=device, dtype=dtype) - shift.to(dtype).unsqueeze(1)
+            params_c = params.map(lambda t: t.to(dtype))
+            batch_stats = e_step(params_c, x)[0].scale(N / M)
+            rho = (step + opts.tau) ** (-opts.kappa)
+            stats = batch_stats if stats is None else stats.blend(batch_stats, rho)
+            params = m_step(stats, base_c, spec.prior, params)
+            epoch_elbo.append(elbo_from_stats(stats, params, base_c, spec.prior))
+            step += 1
+            bar.update(1)
+        if tracker.add(torch.stack(epoch_elbo).mean(0)) and tracker.change.max() < 10 * opts.tol:
+            break
+    return params, step
+
+
+def fit_natural(
+    data: Tensor,
+    spec: ModelSpec,
+    seed: int = 0,
+    options: NaturalOptions | None = None,
+    device: str | torch.device = "cpu",
+) -> FitResult:
+    """Fit ``B`` mixtures to ``data (B, N, D)`` with closed-form natural-gradient updates."""
+    opts = options or NaturalOptions()
+    device = torch.device(device)
+    dtype = data.dtype if data.dtype in (torch.float32, torch.float64) else torch.float32
+    B, N, D = data.shape
+    K = spec.truncation
+    chunk = opts.chunk_size or auto_chunk_size(B, K, D if spec.covariance == "diag" else D * 2)
+    generator = torch.Generator().manual_seed(seed)
+    start_time = time.perf_counter()
+    params, base_c, shift = initial_params(data, spec, generator, opts.init_subsample, device)
+    tracker = _Tracker(N, opts.tol)
+    minibatch = opts.batch_size is not None and opts.batch_size < N
+    total = opts.max_epochs * (N // opts.batch_size) if minibatch else opts.max_iter
+    n_steps, converged = 0, False
+    with tqdm(total=total, desc=f"natural VI (B={B}, K={K})", disable=not opts.progress, leave=False) as bar:
+        if minibatch:
+            params, n_steps = _minibatch_phase(
+                data, shift, params, base_c, spec, opts, generator, device, dtype, tracker, bar
+            )
+        passes = opts.final_passes if minibatch else opts.max_iter
+        full_tracker = _Tracker(N, opts.tol)
+        for _ in range(passes):
+            stats = full_pass(data, shift, params, chunk, device, dtype)
+            params, elbo = _m_step_sorted(stats, params, base_c, spec, opts.sort_components)
+            converged = full_tracker.add(elbo)
+            tracker.history.append(full_tracker.history[-1])
+            n_steps += 1
+            bar.update(1)
+            bar.set_postfix(elbo_per_point=f"{float(full_tracker.history[-1].mean()):.4f}")
+            if converged:
+                break
+    if not converged:
+        change = full_tracker.change
+        warnings.warn(
+            f"natural VI stopped after {n_steps} steps without converging: last ELBO change "
+            f"{float(change.max()) if change is not None else float('nan'):.2e} nats/point > tol={opts.tol:.0e}; "
+            "raise max_iter (or final_passes) or loosen tol.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    out = params.map(lambda t: t.to(dtype))
+    out.mean = (params.mean + shift.unsqueeze(1)).to(dtype)
+    conv = full_tracker.change < opts.tol if full_tracker.change is not None else torch.zeros(B, dtype=torch.bool)
+    return FitResult(
+        params=out,
+        spec=spec,
+        elbo=elbo.cpu(),
+        elbo_history=torch.stack(tracker.history),
+        counts=stats.count.to(dtype).cpu(),
+        num_points=N,
+        n_iter=n_steps,
+        converged=conv,
+        fit_seconds=time.perf_counter() - start_time,
+        engine="natural",
+        info={"chunk_size": chunk, "minibatch": minibatch},
+    )

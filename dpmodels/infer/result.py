@@ -1,0 +1,67 @@
+"""What every engine returns, plus shared helpers for data chunks and convergence warnings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..models.dpgmm import ModelSpec
+from ..models.family import VariationalParams, expected_log_weights
+from .updates import Stats, e_step
+
+__all__ = ["ConvergenceWarning", "FitResult", "full_pass", "auto_chunk_size"]
+
+
+class ConvergenceWarning(UserWarning):
+    """A fit stopped at its iteration limit before the ELBO settled (the fit is still returned)."""
+
+
+@dataclass
+class FitResult:
+    """Outcome of fitting ``B`` independent mixtures.
+
+    ``params`` are in data coordinates; ``elbo (B,)`` is the final total ELBO in nats (closed
+    form, whatever the engine); ``elbo_history (T, B)`` is per point (nats / point), exact for
+    full-batch iterations and a stochastic estimate for minibatch steps; ``counts (B, K)`` are
+    the expected number of fitted points per component at the end.
+    """
+
+    params: VariationalParams
+    spec: ModelSpec
+    elbo: Tensor
+    elbo_history: Tensor
+    counts: Tensor
+    num_points: int
+    n_iter: int
+    converged: Tensor
+    fit_seconds: float
+    engine: str
+    info: dict = field(default_factory=dict)
+
+
+def auto_chunk_size(batch: int, truncation: int, features: int, budget: int = 2**24) -> int:
+    """Points per E-step chunk so that the largest temporary, ``(B, K, n, D)``, stays near
+    ``budget`` elements (64 MiB in float32)."""
+    return int(max(256, budget // max(1, batch * truncation * max(features, 1))))
+
+
+def full_pass(
+    data: Tensor,
+    shift: Tensor,
+    params: VariationalParams,
+    chunk_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Stats:
+    """Statistics of all of ``data (B, N, D)`` (any device), centred at ``shift (B, D)``."""
+    params_c = params.map(lambda t: t.to(device=device, dtype=dtype))
+    e_log_pi = expected_log_weights(params_c)
+    shift_c = shift.to(device=device, dtype=dtype).unsqueeze(1)
+    total = None
+    for start in range(0, data.shape[1], chunk_size):
+        x = data[:, start : start + chunk_size].to(device=device, dtype=dtype) - shift_c
+        stats, _ = e_step(params_c, x, e_log_pi)
+        total = stats if total is None else total + stats
+    return total

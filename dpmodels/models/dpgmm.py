@@ -1,0 +1,131 @@
+"""The generative story: a truncated Dirichlet-process (or Pitman–Yor, or finite) Gaussian mixture.
+
+For each of ``B`` independent fits (the outer ``fits`` plate)::
+
+    alpha      ~ Gamma(shape, rate)                       (only when the concentration is learned)
+    v_k        ~ Beta(1 - d, alpha + k d),  k < K         (DP: d = 0)   or   pi ~ Dirichlet(alpha/K)
+    Lambda_k   ~ Wishart(nu0, Psi0^-1)        (full)      or   lambda_kd ~ Gamma(nu0/2, Psi0_d/2)
+    mu_k       ~ N(m0, (beta0 Lambda_k)^-1)
+    z_n        ~ Categorical(pi)              (enumerated, never sampled while fitting)
+    x_n        ~ N(mu_{z_n}, Lambda_{z_n}^-1)
+
+Sites: ``concentration (B, 1)``, ``sticks (B, K-1)`` or ``weights (B, 1 | K)``, ``precision``,
+``mean (B, K | D)``, ``z (B, N)``, ``x (B, N | D)``. Plates: ``fits`` (dim -2), ``components`` and
+``breaks`` (dim -1), ``data`` (dim -1, optionally subsampled with Pyro's N / M scaling).
+``max_plate_nesting`` is 2; enumeration uses dim -3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.ops.indexing import Vindex
+from torch import Tensor
+
+from ..priors import WeightPrior, log_stick_breaking
+from .base_measure import BaseMeasure
+from .distributions import Wishart
+
+__all__ = ["ModelSpec", "dpgmm_model", "MAX_PLATE_NESTING", "component_distribution"]
+
+MAX_PLATE_NESTING = 2
+
+
+@dataclass
+class ModelSpec:
+    """Everything the model needs besides data: weight prior, base measure, truncation ``K``."""
+
+    prior: WeightPrior
+    base: BaseMeasure
+    truncation: int
+
+    @property
+    def covariance(self) -> str:
+        return self.base.covariance
+
+    @property
+    def batch_size(self) -> int:
+        return self.base.mean.shape[0]
+
+
+def _sample_log_weights(spec: ModelSpec) -> Tensor:
+    """Sample the weight sites inside the ``fits`` plate; returns ``log pi`` ``(B, 1, K)``."""
+    prior, K = spec.prior, spec.truncation
+    ref = spec.base.mean
+    alpha = torch.tensor(prior.concentration, dtype=ref.dtype, device=ref.device)
+    if prior.learn_concentration:
+        shape = torch.tensor(prior.concentration_shape, dtype=ref.dtype, device=ref.device)
+        rate = torch.tensor(prior.concentration_rate, dtype=ref.dtype, device=ref.device)
+        alpha = pyro.sample("concentration", dist.Gamma(shape, rate))  # (B, 1)
+    if not prior.uses_sticks:
+        conc = (alpha.unsqueeze(-1) / K) * torch.ones(K, dtype=ref.dtype, device=ref.device)
+        weights = pyro.sample("weights", dist.Dirichlet(conc))  # (B, 1, K)
+        return torch.log(weights.clamp_min(torch.finfo(ref.dtype).tiny))
+    if K == 1:
+        return torch.zeros(ref.shape[:-1] + (1, 1), dtype=ref.dtype, device=ref.device)
+    a, b = prior.stick_params(K, alpha)
+    with pyro.plate("breaks", K - 1, dim=-1):
+        v = pyro.sample("sticks", dist.Beta(a.to(ref), b.to(ref)))  # (B, K-1)
+    tiny = torch.finfo(ref.dtype).tiny
+    log_pi = log_stick_breaking(torch.log(v.clamp_min(tiny)), torch.log1p(-v).clamp_min(-1e30))
+    return log_pi.unsqueeze(-2)  # (B, 1, K)
+
+
+def _sample_components(base: BaseMeasure, K: int) -> tuple[Tensor, Tensor]:
+    """Sample ``precision`` and ``mean`` for each component inside ``fits`` x ``components``."""
+    m0 = base.mean.unsqueeze(-2)  # (B, 1, D)
+    beta0 = base.mean_precision[:, None]  # (B, 1)
+    nu0 = base.dof[:, None]
+    with pyro.plate("components", K, dim=-1):
+        if base.covariance == "full":
+            psi0 = base.scale.unsqueeze(-3)  # (B, 1, D, D)
+            precision = pyro.sample("precision", Wishart(nu0, precision_matrix=psi0))
+            mean = pyro.sample(
+                "mean", dist.MultivariateNormal(m0, precision_matrix=beta0[..., None, None] * precision)
+            )
+        else:
+            rate0 = 0.5 * base.scale.unsqueeze(-2)  # (B, 1, D)
+            precision = pyro.sample(
+                "precision", dist.Gamma((0.5 * nu0).unsqueeze(-1).expand_as(rate0), rate0).to_event(1)
+            )
+            mean = pyro.sample(
+                "mean", dist.Normal(m0, torch.rsqrt(beta0.unsqueeze(-1) * precision)).to_event(1)
+            )
+    return precision, mean  # (B, K, D, D) or (B, K, D); (B, K, D)
+
+
+def component_distribution(covariance: str, mean: Tensor, precision: Tensor, z: Tensor):
+    """The Gaussian of component ``z`` for every fit and point; ``z`` broadcasts over ``(B, N)``."""
+    loc = Vindex(mean.unsqueeze(-3))[..., z, :]  # (..., B, N, D)
+    if covariance == "full":
+        prec = Vindex(precision.unsqueeze(-4))[..., z, :, :]
+        return dist.MultivariateNormal(loc, precision_matrix=prec)
+    prec = Vindex(precision.unsqueeze(-3))[..., z, :]
+    return dist.Normal(loc, torch.rsqrt(prec)).to_event(1)
+
+
+def dpgmm_model(
+    data: Tensor | None,
+    spec: ModelSpec,
+    subsample_size: int | None = None,
+    num_points: int | None = None,
+) -> Tensor:
+    """The Pyro model. ``data (B, N, D)``, or ``None`` with ``num_points`` for prior predictive draws.
+
+    ``subsample_size`` turns on minibatches: Pyro scales the data terms by ``N / M``.
+    Returns the observed (or sampled) ``x`` of the current (sub)sample.
+    """
+    B, K = spec.batch_size, spec.truncation
+    N = data.shape[1] if data is not None else num_points
+    if N is None:
+        raise ValueError("dpgmm_model needs data of shape (B, N, D) or num_points for prior draws.")
+    with pyro.plate("fits", B, dim=-2):
+        log_pi = _sample_log_weights(spec)  # (B, 1, K)
+        precision, mean = _sample_components(spec.base, K)
+        with pyro.plate("data", N, subsample_size=subsample_size, dim=-1) as idx:
+            z = pyro.sample("z", dist.Categorical(logits=log_pi), infer={"enumerate": "parallel"})
+            obs = None if data is None else data[:, idx]
+            return pyro.sample("x", component_distribution(spec.covariance, mean, precision, z), obs=obs)

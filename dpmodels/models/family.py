@@ -1,0 +1,301 @@
+"""The conjugate mean-field variational family and its closed-form expectations.
+
+``q(v or pi) q(alpha) prod_k q(mu_k, Lambda_k) prod_n q(z_n)`` with
+
+* weights: independent ``Beta(stick_a, stick_b)`` sticks (DP, Pitman–Yor) or ``Dirichlet`` (finite);
+* concentration (when learned): ``Gamma(conc_shape, conc_rate)``;
+* components: Normal–Wishart ``(mean, mean_precision, dof, Psi = scale_tril scale_tril^T)`` for full
+  covariance, or Normal–Gamma ``(mean, mean_precision, dof, Psi)`` with
+  ``lambda_d ~ Gamma(dof / 2, Psi_d / 2)`` for diagonal covariance;
+* assignments: ``q(z_n) = Categorical(r_n)``, recomputed from the globals (never stored).
+
+Everything here is a pure function of tensors shaped ``(B, K, ...)``. The same parameters drive the
+Pyro guide (:mod:`dpmodels.models.guide`), so Pyro can score exactly the family that the
+natural-gradient engine updates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+from ..priors import (
+    WeightPrior,
+    beta_expected_log_weights,
+    beta_expected_weights,
+    dirichlet_expected_log_weights,
+    dirichlet_expected_weights,
+)
+from .base_measure import BaseMeasure
+
+__all__ = [
+    "VariationalParams",
+    "expected_log_weights",
+    "expected_weights",
+    "expected_log_det_precision",
+    "expected_log_likelihood",
+    "log_predictive_components",
+    "weights_kl",
+    "components_kl",
+    "concentration_kl",
+]
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class VariationalParams:
+    """Parameters of the variational family for ``B`` fits with truncation ``K``.
+
+    ``stick_a, stick_b (B, K-1)`` or ``dirichlet (B, K)``; ``conc_shape, conc_rate (B,)`` when the
+    concentration is learned; ``mean (B, K, D)``, ``mean_precision (B, K)``, ``dof (B, K)``;
+    ``scale_tril (B, K, D, D)`` (full) or ``scale (B, K, D)`` (diag).
+    """
+
+    covariance: str
+    mean: Tensor
+    mean_precision: Tensor
+    dof: Tensor
+    scale_tril: Tensor | None = None
+    scale: Tensor | None = None
+    stick_a: Tensor | None = None
+    stick_b: Tensor | None = None
+    dirichlet: Tensor | None = None
+    conc_shape: Tensor | None = None
+    conc_rate: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def truncation(self) -> int:
+        return self.mean.shape[1]
+
+    @property
+    def num_features(self) -> int:
+        return self.mean.shape[2]
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The non-empty tensor fields by name."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), Tensor)
+        }
+
+    def map(self, fn) -> VariationalParams:
+        """Apply ``fn`` to every tensor field (e.g. dtype/device moves, detaching)."""
+        return replace(self, **{k: fn(v) for k, v in self.tensors().items()})
+
+    def permute(self, order: Tensor) -> VariationalParams:
+        """Reorder components per fit; ``order (B, K)``. Stick parameters are not permutable and
+        are left as they are (recompute them from permuted counts)."""
+
+        def take(t: Tensor) -> Tensor:
+            idx = order.reshape(order.shape + (1,) * (t.dim() - 2)).expand_as(t)
+            return torch.gather(t, 1, idx)
+
+        comp = {"mean", "mean_precision", "dof", "scale_tril", "scale", "dirichlet"}
+        return replace(self, **{k: take(v) for k, v in self.tensors().items() if k in comp})
+
+
+def expected_concentration(params: VariationalParams, prior: WeightPrior) -> Tensor:
+    """``E[alpha]`` ``(B,)``: the Gamma mean when learned, else the fixed value."""
+    if params.conc_shape is not None:
+        return params.conc_shape / params.conc_rate
+    return torch.full_like(params.mean_precision[:, 0], prior.concentration)
+
+
+def expected_log_weights(params: VariationalParams) -> Tensor:
+    """``E_q[log pi]`` ``(B, K)``."""
+    if params.dirichlet is not None:
+        return dirichlet_expected_log_weights(params.dirichlet)
+    return beta_expected_log_weights(params.stick_a, params.stick_b)
+
+
+def expected_weights(params: VariationalParams) -> Tensor:
+    """``E_q[pi]`` ``(B, K)``."""
+    if params.dirichlet is not None:
+        return dirichlet_expected_weights(params.dirichlet)
+    return beta_expected_weights(params.stick_a, params.stick_b)
+
+
+def _log_det_from_tril(tril: Tensor) -> Tensor:
+    return 2.0 * torch.log(tril.diagonal(dim1=-2, dim2=-1)).sum(-1)
+
+
+def _multi_digamma_sum(half_dof: Tensor, D: int) -> Tensor:
+    """``sum_{i=1}^D digamma(half_dof + (1 - i) / 2)``."""
+    offsets = -0.5 * torch.arange(D, dtype=half_dof.dtype, device=half_dof.device)
+    return torch.digamma(half_dof.unsqueeze(-1) + offsets).sum(-1)
+
+
+def expected_log_det_precision(params: VariationalParams) -> Tensor:
+    """``E_q[log |Lambda_k|]`` ``(B, K)``."""
+    D, nu = params.num_features, params.dof
+    if params.covariance == "full":
+        return _multi_digamma_sum(0.5 * nu, D) + D * math.log(2.0) - _log_det_from_tril(params.scale_tril)
+    return D * torch.digamma(0.5 * nu) - torch.log(0.5 * params.scale).sum(-1)
+
+
+def _inverse_tril(tril: Tensor) -> Tensor:
+    eye = torch.eye(tril.shape[-1], dtype=tril.dtype, device=tril.device).expand_as(tril)
+    return torch.linalg.solve_triangular(tril, eye, upper=False)
+
+
+def _mahalanobis(params: VariationalParams, x: Tensor) -> Tensor:
+    """``(x_n - m_k)^T Psi_k^-1 (x_n - m_k)`` ``(B, n, K)`` for ``x (B, n, D)``."""
+    if params.covariance == "full":
+        inv_t = _inverse_tril(params.scale_tril).transpose(-1, -2)  # (B, K, D, D)
+        y = x.unsqueeze(1) @ inv_t - (params.mean.unsqueeze(-2) @ inv_t)  # (B, K, n, D)
+        return y.pow(2).sum(-1).transpose(1, 2)
+    diff = x.unsqueeze(2) - params.mean.unsqueeze(1)  # (B, n, K, D)
+    return (diff.pow(2) / params.scale.unsqueeze(1)).sum(-1)
+
+
+def expected_log_likelihood(params: VariationalParams, x: Tensor) -> Tensor:
+    """``E_q[log N(x_n | mu_k, Lambda_k^-1)]`` ``(B, n, K)`` for ``x (B, n, D)``."""
+    D = params.num_features
+    const = 0.5 * expected_log_det_precision(params) - 0.5 * D * LOG_2PI - 0.5 * D / params.mean_precision
+    return const.unsqueeze(1) - 0.5 * params.dof.unsqueeze(1) * _mahalanobis(params, x)
+
+
+def log_predictive_components(params: VariationalParams, x: Tensor) -> Tensor:
+    """Posterior predictive log density of each component (Student-t), ``(B, n, K)``.
+
+    Full: ``St(x | m, Psi (1 + beta) / (beta nu'), nu')`` with ``nu' = nu + 1 - D``. Diagonal: a
+    product of 1-D Student-t densities with ``nu`` degrees of freedom.
+    """
+    D, beta = params.num_features, params.mean_precision
+    if params.covariance == "full":
+        nu = params.dof + 1 - D  # (B, K)
+        log_det_sigma = D * torch.log((1 + beta) / (beta * nu)) + _log_det_from_tril(params.scale_tril)
+        maha = _mahalanobis(params, x) * (beta * nu / (1 + beta)).unsqueeze(1)  # (B, n, K)
+        nu_, ldet = nu.unsqueeze(1), log_det_sigma.unsqueeze(1)
+        return (
+            torch.lgamma(0.5 * (nu_ + D))
+            - torch.lgamma(0.5 * nu_)
+            - 0.5 * D * torch.log(nu_ * math.pi)
+            - 0.5 * ldet
+            - 0.5 * (nu_ + D) * torch.log1p(maha / nu_)
+        )
+    nu = params.dof.unsqueeze(1).unsqueeze(-1)  # (B, 1, K, 1)
+    var = (params.scale * ((1 + beta) / (beta * params.dof)).unsqueeze(-1)).unsqueeze(1)  # (B,1,K,D)
+    z2 = (x.unsqueeze(2) - params.mean.unsqueeze(1)).pow(2) / var  # (B, n, K, D)
+    log_t = (
+        torch.lgamma(0.5 * (nu + 1))
+        - torch.lgamma(0.5 * nu)
+        - 0.5 * torch.log(nu * math.pi * var)
+        - 0.5 * (nu + 1) * torch.log1p(z2 / nu)
+    )
+    return log_t.sum(-1)
+
+
+def _log_beta_fn(a: Tensor, b: Tensor) -> Tensor:
+    return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
+
+
+def beta_kl(a: Tensor, b: Tensor, a0: Tensor, b0: Tensor) -> Tensor:
+    """``KL(Beta(a, b) || Beta(a0, b0))`` elementwise."""
+    dg_ab = torch.digamma(a + b)
+    return (
+        _log_beta_fn(a0, b0)
+        - _log_beta_fn(a, b)
+        + (a - a0) * torch.digamma(a)
+        + (b - b0) * torch.digamma(b)
+        + (a0 - a + b0 - b) * dg_ab
+    )
+
+
+def gamma_kl(a: Tensor, b: Tensor, a0: Tensor, b0: Tensor) -> Tensor:
+    """``KL(Gamma(a, b) || Gamma(a0, b0))`` elementwise (shape, rate)."""
+    return (
+        (a - a0) * torch.digamma(a)
+        - torch.lgamma(a)
+        + torch.lgamma(a0)
+        + a0 * (torch.log(b) - torch.log(b0))
+        + a * (b0 - b) / b
+    )
+
+
+def dirichlet_kl(g: Tensor, g0: Tensor) -> Tensor:
+    """``KL(Dirichlet(g) || Dirichlet(g0))`` over the last dim."""
+    g_sum, g0_sum = g.sum(-1), g0.sum(-1)
+    return (
+        torch.lgamma(g_sum)
+        - torch.lgamma(g).sum(-1)
+        - torch.lgamma(g0_sum)
+        + torch.lgamma(g0).sum(-1)
+        + ((g - g0) * (torch.digamma(g) - torch.digamma(g_sum).unsqueeze(-1))).sum(-1)
+    )
+
+
+def weights_kl(params: VariationalParams, prior: WeightPrior) -> Tensor:
+    """``E_q[log q(weights)] - E_q[log p(weights | alpha)]`` summed over components, ``(B,)``.
+
+    With a learned concentration the expectation also runs over ``q(alpha)`` (DP sticks only:
+    ``log p(v | alpha) = log alpha + (alpha - 1) log(1 - v)``).
+    """
+    K = params.truncation
+    if params.dirichlet is not None:
+        if params.conc_shape is not None:
+            raise NotImplementedError("closed-form ELBO for a learned finite-Dirichlet concentration")
+        g0 = prior.dirichlet_params(K).to(params.dirichlet)
+        return dirichlet_kl(params.dirichlet, g0.expand_as(params.dirichlet))
+    a, b = params.stick_a, params.stick_b
+    if params.conc_shape is None:
+        a0, b0 = prior.stick_params(K)
+        return beta_kl(a, b, a0.to(a), b0.to(a)).sum(-1)
+    if prior.kind != "dp":
+        raise NotImplementedError("closed-form ELBO for a learned Pitman–Yor concentration")
+    dg_ab = torch.digamma(a + b)
+    e_log_1mv = torch.digamma(b) - dg_ab  # (B, K-1)
+    e_log_v = torch.digamma(a) - dg_ab
+    neg_entropy = -_log_beta_fn(a, b) + (a - 1) * e_log_v + (b - 1) * e_log_1mv
+    e_alpha = params.conc_shape / params.conc_rate  # (B,)
+    e_log_alpha = torch.digamma(params.conc_shape) - torch.log(params.conc_rate)
+    e_log_prior = e_log_alpha.unsqueeze(-1) + (e_alpha.unsqueeze(-1) - 1) * e_log_1mv
+    return (neg_entropy - e_log_prior).sum(-1)
+
+
+def concentration_kl(params: VariationalParams, prior: WeightPrior) -> Tensor:
+    """``KL(q(alpha) || Gamma hyperprior)`` ``(B,)``; zero when alpha is fixed."""
+    if params.conc_shape is None:
+        return torch.zeros_like(params.mean_precision[:, 0])
+    s0 = torch.full_like(params.conc_shape, prior.concentration_shape)
+    r0 = torch.full_like(params.conc_rate, prior.concentration_rate)
+    return gamma_kl(params.conc_shape, params.conc_rate, s0, r0)
+
+
+def components_kl(params: VariationalParams, base: BaseMeasure) -> Tensor:
+    """``KL(q(mu, Lambda) || base measure)`` summed over components, ``(B,)``."""
+    D = params.num_features
+    beta, nu = params.mean_precision, params.dof  # (B, K)
+    beta0, nu0 = base.mean_precision.unsqueeze(-1), base.dof.unsqueeze(-1)  # (B, 1)
+    diff = params.mean - base.mean.unsqueeze(1)  # (B, K, D)
+    if params.covariance == "full":
+        tril = params.scale_tril
+        inv = _inverse_tril(tril)  # (B, K, D, D)
+        maha = (inv @ diff.unsqueeze(-1)).squeeze(-1).pow(2).sum(-1)  # (B, K)
+        trace = (inv @ base.scale_tril.unsqueeze(1)).pow(2).sum((-1, -2))  # tr(Psi0 Psi^-1)
+        e_logdet = expected_log_det_precision(params)
+        log_z_q = _wishart_log_norm(nu, _log_det_from_tril(tril), D)
+        log_z_p = _wishart_log_norm(nu0, _log_det_from_tril(base.scale_tril).unsqueeze(-1), D)
+        kl_wishart = 0.5 * (nu - nu0) * e_logdet - 0.5 * nu * D + 0.5 * nu * trace - log_z_q + log_z_p
+        kl_normal = 0.5 * (D * beta0 / beta + beta0 * nu * maha - D + D * torch.log(beta / beta0))
+        return (kl_wishart + kl_normal).sum(-1)
+    a, rate = 0.5 * nu.unsqueeze(-1), 0.5 * params.scale  # (B, K, 1), (B, K, D)
+    a0, rate0 = 0.5 * nu0.unsqueeze(-1), 0.5 * base.scale.unsqueeze(1)
+    kl_gamma = gamma_kl(a.expand_as(rate), rate, a0.expand_as(rate), rate0.expand_as(rate))
+    beta_, beta0_ = beta.unsqueeze(-1), beta0.unsqueeze(-1)
+    kl_normal = 0.5 * (beta0_ / beta_ + beta0_ * (a / rate) * diff.pow(2) - 1 + torch.log(beta_ / beta0_))
+    return (kl_gamma + kl_normal).sum((-1, -2))
+
+
+def _wishart_log_norm(nu: Tensor, log_det_psi: Tensor, D: int) -> Tensor:
+    """Log normaliser of ``Wishart(nu, scale=Psi^-1)``: ``nu D/2 log 2 - nu/2 log|Psi| + log Gamma_D(nu/2)``."""
+    return 0.5 * nu * D * math.log(2.0) - 0.5 * nu * log_det_psi + torch.mvlgamma(0.5 * nu, D)

@@ -1,0 +1,225 @@
+"""The fitted variational posterior of ``B`` mixtures, in canonical order (largest weight first).
+
+Everything a user asks of a fit lives here: expected weights and their draws, component means and
+covariances, ``n_active``, responsibilities and their entropy, and the posterior predictive
+density, which is a mixture of Student-t densities (the conjugate family integrated over its
+parameters), not a plug-in Gaussian mixture.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .models.base_measure import BaseMeasure
+from .models.distributions import Wishart
+from .models.dpgmm import ModelSpec
+from .models.family import (
+    VariationalParams,
+    expected_concentration,
+    expected_log_weights,
+    expected_weights,
+    log_predictive_components,
+)
+from .models.guide import assignment_log_probs
+from .priors import log_gamma_sample, log_stick_breaking, log_sticks_from_gammas
+
+__all__ = ["MixturePosterior"]
+
+
+class MixturePosterior:
+    """Posterior of ``B`` fitted mixtures.
+
+    Parameters
+    ----------
+    params : fitted variational parameters in data coordinates, ``(B, K, ...)``.
+    spec : the model (prior, base measure, truncation).
+    counts : expected number of fitted points per component, ``(B, K)``.
+    num_points : number of fitted points ``N``.
+    active_threshold : a component is *active* when it explains more than this share of the
+        fitted points (default 1%).
+    chunk_size : points per chunk when evaluating new data.
+    """
+
+    def __init__(
+        self,
+        params: VariationalParams,
+        spec: ModelSpec,
+        counts: Tensor,
+        num_points: int,
+        active_threshold: float = 0.01,
+        chunk_size: int = 8192,
+    ):
+        if not 0.0 <= active_threshold < 1.0:
+            raise ValueError(f"active_threshold must lie in [0, 1), got {active_threshold!r}; try 0.01.")
+        self.params, self.spec = params, spec
+        self.num_points, self.active_threshold, self.chunk_size = num_points, active_threshold, chunk_size
+        # canonical order: by expected weight, largest first  (B, K)
+        self.order = expected_weights(params).argsort(dim=-1, descending=True)
+        self._counts = counts.to(params.mean.device)
+
+    # ---- globals --------------------------------------------------------------------------
+    def _take(self, t: Tensor) -> Tensor:
+        idx = self.order.reshape(self.order.shape + (1,) * (t.dim() - 2)).expand_as(t)
+        return torch.gather(t, 1, idx)
+
+    @property
+    def batch_size(self) -> int:
+        return self.params.batch_size
+
+    @property
+    def truncation(self) -> int:
+        return self.params.truncation
+
+    @property
+    def covariance_type(self) -> str:
+        return self.params.covariance
+
+    @property
+    def weights(self) -> Tensor:
+        """Posterior mean weights ``E[pi]`` ``(B, K)``."""
+        return self._take(expected_weights(self.params))
+
+    @property
+    def means(self) -> Tensor:
+        """Posterior mean of each component mean ``(B, K, D)``."""
+        return self._take(self.params.mean)
+
+    @property
+    def covariances(self) -> Tensor:
+        """``E[Lambda]^-1 = Psi / nu``: ``(B, K, D, D)`` (full) or variances ``(B, K, D)`` (diag)."""
+        p = self.params
+        if p.covariance == "full":
+            psi = p.scale_tril @ p.scale_tril.transpose(-1, -2)
+            return self._take(psi / p.dof[..., None, None])
+        return self._take(p.scale / p.dof.unsqueeze(-1))
+
+    @property
+    def counts(self) -> Tensor:
+        """Expected number of fitted points per component ``(B, K)``."""
+        return self._take(self._counts)
+
+    @property
+    def active(self) -> Tensor:
+        """Boolean mask of active components ``(B, K)`` (share of fitted points > threshold)."""
+        return self.counts / self.num_points > self.active_threshold
+
+    @property
+    def n_active(self) -> Tensor:
+        """Number of active components per fit ``(B,)``."""
+        return self.active.sum(-1)
+
+    @property
+    def concentration(self) -> Tensor:
+        """``E[alpha]`` per fit ``(B,)`` (the fixed value when not learned)."""
+        return expected_concentration(self.params, self.spec.prior)
+
+    # ---- local quantities -------------------------------------------------------------------
+    def _as_batch(self, x: Tensor) -> Tensor:
+        x = torch.as_tensor(x, dtype=self.params.mean.dtype, device=self.params.mean.device)
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.batch_size, -1, -1)
+        if x.dim() != 3 or x.shape[0] != self.batch_size or x.shape[-1] != self.params.num_features:
+            raise ValueError(
+                f"expected points shaped (N, {self.params.num_features}) or "
+                f"({self.batch_size}, N, {self.params.num_features}), got {tuple(x.shape)}."
+            )
+        return x
+
+    def _chunked(self, fn, x: Tensor) -> Tensor:
+        x = self._as_batch(x)
+        return torch.cat([fn(x[:, i : i + self.chunk_size]) for i in range(0, x.shape[1], self.chunk_size)], 1)
+
+    def log_responsibilities(self, x: Tensor) -> Tensor:
+        """Mean-field ``log q(z_n = k)`` ``(B, N, K)``, components in canonical order."""
+        e_log_pi = expected_log_weights(self.params)
+        log_r = self._chunked(lambda c: assignment_log_probs(self.params, c, e_log_pi), x)
+        return torch.gather(log_r, 2, self.order.unsqueeze(1).expand_as(log_r))
+
+    def responsibilities(self, x: Tensor) -> Tensor:
+        """``q(z_n = k)`` ``(B, N, K)``."""
+        return self.log_responsibilities(x).exp()
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Most probable component per point ``(B, N)`` (canonical index)."""
+        return self.log_responsibilities(x).argmax(-1)
+
+    def assignment_entropy(self, x: Tensor) -> Tensor:
+        """Entropy of ``q(z_n)`` in nats ``(B, N)``: how torn a point is between components."""
+        log_r = self.log_responsibilities(x)
+        return -torch.where(log_r > -torch.inf, log_r.exp() * log_r, torch.zeros_like(log_r)).sum(-1)
+
+    def log_predictive(self, x: Tensor) -> Tensor:
+        """Posterior predictive log density ``log p(x_n | data)`` in nats ``(B, N)``:
+        ``log sum_k E[pi_k] St(x_n | component k)``."""
+        log_w = torch.log(expected_weights(self.params)).unsqueeze(1)  # (B, 1, K)
+        return self._chunked(
+            lambda c: torch.logsumexp(log_w + log_predictive_components(self.params, c), dim=-1), x
+        )
+
+    # ---- draws ------------------------------------------------------------------------------
+    def sample(self, num_samples: int, seed: int | None = None) -> dict[str, Tensor]:
+        """Draws of all globals from the variational posterior, canonical order.
+
+        Returns ``weights (S, B, K)``, ``log_weights (S, B, K)``, ``means (S, B, K, D)``,
+        ``precisions`` ``(S, B, K, D, D)`` or ``(S, B, K, D)``, ``covariances`` likewise, and
+        ``concentration (S, B)`` when learned.
+        """
+        if seed is not None:
+            torch.manual_seed(seed)
+        p, S = self.params, (num_samples,)
+        with torch.no_grad():
+            if p.dirichlet is not None:
+                log_g = log_gamma_sample(p.dirichlet.expand(S + p.dirichlet.shape))
+                log_w = log_g - torch.logsumexp(log_g, -1, keepdim=True)
+            elif p.truncation == 1:
+                log_w = torch.zeros(S + p.mean.shape[:2], dtype=p.mean.dtype)
+            else:
+                log_v, log1m_v = log_sticks_from_gammas(
+                    log_gamma_sample(p.stick_a.expand(S + p.stick_a.shape)),
+                    log_gamma_sample(p.stick_b.expand(S + p.stick_b.shape)),
+                )
+                log_w = log_stick_breaking(log_v, log1m_v)
+            if p.covariance == "full":
+                psi = p.scale_tril @ p.scale_tril.transpose(-1, -2)
+                prec = Wishart(p.dof, precision_matrix=psi).rsample(S)  # (S, B, K, D, D)
+                cov = torch.linalg.inv(prec)
+                scale_tril = torch.linalg.cholesky(cov / p.mean_precision[..., None, None])
+                eps = torch.randn(S + p.mean.shape, dtype=p.mean.dtype, device=p.mean.device)
+                means = p.mean + (scale_tril @ eps.unsqueeze(-1)).squeeze(-1)  # (S, B, K, D)
+            else:
+                shape = 0.5 * p.dof.unsqueeze(-1).expand_as(p.scale)
+                prec = torch.distributions.Gamma(shape, 0.5 * p.scale).sample(S)  # (S, B, K, D)
+                cov = 1.0 / prec
+                eps = torch.randn(S + p.mean.shape, dtype=p.mean.dtype, device=p.mean.device)
+                means = p.mean + eps * torch.sqrt(cov / p.mean_precision.unsqueeze(-1))
+        order = self.order.expand(S + self.order.shape)
+
+        def take(t: Tensor) -> Tensor:
+            idx = order.reshape(order.shape + (1,) * (t.dim() - 3)).expand_as(t)
+            return torch.gather(t, 2, idx)
+
+        out = {
+            "log_weights": take(log_w),
+            "weights": take(log_w.exp()),
+            "means": take(means),
+            "precisions": take(prec),
+            "covariances": take(cov),
+        }
+        if p.conc_shape is not None:
+            out["concentration"] = torch.distributions.Gamma(p.conc_shape, p.conc_rate).sample(S)
+        return out
+
+    def select(self, index: int) -> MixturePosterior:
+        """The posterior of fit ``index`` alone (``B = 1``)."""
+        sl = slice(index, index + 1)
+        base = self.spec.base
+        base_b = BaseMeasure(base.covariance, base.mean[sl], base.mean_precision[sl], base.dof[sl], base.scale[sl])
+        return MixturePosterior(
+            self.params.map(lambda t: t[sl]),
+            ModelSpec(self.spec.prior, base_b, self.spec.truncation),
+            self._counts[sl],
+            self.num_points,
+            self.active_threshold,
+            self.chunk_size,
+        )
