@@ -162,7 +162,7 @@ def log_stick_breaking(log_v: Tensor, log1m_v: Tensor) -> Tensor:
 
     ``log pi_k = log v_k + sum_{j<k} log(1 - v_j)`` and ``log pi_K = sum_{j<K} log(1 - v_j)``.
     """
-    zero = torch.zeros_like(log1m_v[..., :1])
+    zero = log1m_v.new_zeros(log1m_v.shape[:-1] + (1,))
     log_remaining = torch.cat([zero, torch.cumsum(log1m_v, dim=-1)], dim=-1)  # (..., K)
     return torch.cat([log_v, zero], dim=-1) + log_remaining
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..models.dpgmm import ModelSpec
 from ..models.family import VariationalParams
 from .init import initial_stats
+from .merge import candidate_pairs, try_merges
 from .result import ConvergenceWarning, FitResult, auto_chunk_size, full_pass
 from .updates import Stats, e_step, elbo_from_stats, m_step, select_fits
 
@@ -40,12 +41,15 @@ class NaturalOptions:
     tol: float = 1e-5
     batch_size: int | None = None
     max_epochs: int = 20
-    final_passes: int = 20
+    final_passes: int = 100
     tau: float = 1.0
     kappa: float = 0.7
     chunk_size: int | None = None
     init_subsample: int = 20_000
     sort_components: bool = True
+    merge: bool = True
+    max_merge_rounds: int = 50
+    merge_every: int = 20
     progress: bool = True
 
 
@@ -149,16 +153,41 @@ def fit_natural(
             )
         passes = opts.final_passes if minibatch else opts.max_iter
         full_tracker = _Tracker(N, opts.tol)
-        for _ in range(passes):
-            stats = full_pass(data, shift, params, chunk, device, dtype)
+        counts = None
+        check_merges, merge_rounds, n_merges = False, 0, 0
+        for it in range(passes):
+            due = opts.merge and it > 0 and it % opts.merge_every == 0 and merge_rounds < opts.max_merge_rounds
+            check_merges = check_merges or due
+            if check_merges:
+                pairs, valid = candidate_pairs(params, counts)
+                stats, comp, pair = full_pass(data, shift, params, chunk, device, dtype, pairs)
+            else:
+                stats = full_pass(data, shift, params, chunk, device, dtype)
+            previous = params
             params, elbo = _m_step_sorted(stats, params, base_c, spec, opts.sort_components)
-            converged = full_tracker.add(elbo)
+            if check_merges:
+                params, elbo, merged = try_merges(
+                    stats, comp, pair, pairs, valid, params, elbo, previous, base_c, spec.prior
+                )
+            counts = stats.count
+            small_change = full_tracker.add(elbo)
             tracker.history.append(full_tracker.history[-1])
             n_steps += 1
             bar.update(1)
             bar.set_postfix(elbo_per_point=f"{float(full_tracker.history[-1].mean()):.4f}")
-            if converged:
-                break
+            if check_merges:
+                check_merges = False
+                merge_rounds += 1
+                n_merges += int(merged.sum())
+                if not merged.any() and small_change:
+                    converged = True
+                    break
+            elif small_change:
+                if opts.merge and merge_rounds < opts.max_merge_rounds:
+                    check_merges = True
+                else:
+                    converged = True
+                    break
     if not converged:
         change = full_tracker.change
         warnings.warn(
@@ -170,7 +199,7 @@ def fit_natural(
         )
     out = params.map(lambda t: t.to(dtype))
     out.mean = (params.mean + shift.unsqueeze(1)).to(dtype)
-    conv = full_tracker.change < opts.tol if full_tracker.change is not None else torch.zeros(B, dtype=torch.bool)
+    conv = torch.full((B,), bool(converged))
     return FitResult(
         params=out,
         spec=spec,
@@ -182,5 +211,5 @@ def fit_natural(
         converged=conv,
         fit_seconds=time.perf_counter() - start_time,
         engine="natural",
-        info={"chunk_size": chunk, "minibatch": minibatch},
+        info={"chunk_size": chunk, "minibatch": minibatch, "merges": n_merges},
     )

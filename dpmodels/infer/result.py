@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..models.dpgmm import ModelSpec
 from ..models.family import VariationalParams, expected_log_weights
+from .merge import xlogx
 from .updates import Stats, e_step
 
 __all__ = ["ConvergenceWarning", "FitResult", "full_pass", "auto_chunk_size"]
@@ -54,14 +55,28 @@ def full_pass(
     chunk_size: int,
     device: torch.device,
     dtype: torch.dtype,
-) -> Stats:
-    """Statistics of all of ``data (B, N, D)`` (any device), centred at ``shift (B, D)``."""
+    pairs: Tensor | None = None,
+):
+    """Statistics of all of ``data (B, N, D)`` (any device), centred at ``shift (B, D)``.
+
+    With ``pairs (B, P, 2)`` also returns ``sum_n r log r`` per component ``(B, K)`` and
+    ``sum_n (r_j + r_k) log(r_j + r_k)`` per pair ``(B, P)`` (for merge moves):
+    ``(stats, comp_xlogx, pair_xlogx)``.
+    """
     params_c = params.map(lambda t: t.to(device=device, dtype=dtype))
     e_log_pi = expected_log_weights(params_c)
     shift_c = shift.to(device=device, dtype=dtype).unsqueeze(1)
-    total = None
+    total, comp, pair = None, 0.0, 0.0
     for start in range(0, data.shape[1], chunk_size):
         x = data[:, start : start + chunk_size].to(device=device, dtype=dtype) - shift_c
-        stats, _ = e_step(params_c, x, e_log_pi)
+        stats, log_r = e_step(params_c, x, e_log_pi)
         total = stats if total is None else total + stats
-    return total
+        if pairs is not None:
+            r = log_r.double().exp()  # (B, n, K)
+            comp = comp + xlogx(r).sum(1)
+            idx = pairs.unsqueeze(1).expand(-1, r.shape[1], -1, -1)  # (B, n, P, 2)
+            both = torch.gather(r, 2, idx[..., 0]) + torch.gather(r, 2, idx[..., 1])  # (B, n, P)
+            pair = pair + xlogx(both).sum(1)
+    if pairs is None:
+        return total
+    return total, comp, pair

@@ -1,0 +1,492 @@
+"""Speed and quality benchmarks of the DPGMM engines on planted-cluster data.
+
+Each :class:`BenchmarkCase` plants an unequal-weight Gaussian mixture
+(:class:`dpmodels.data.PlantedMixture`), draws a training set of ``N`` points (``B`` independent
+training sets for batched fits) and one held-out set, and runs the requested methods on it:
+
+* ``natural``: :class:`dpmodels.DPGMM` with the natural-gradient engine;
+* ``natural_batched``: ``B`` independent fits in one :func:`dpmodels.infer.fit_natural` call,
+  plus (in the same run) a single ``B = 1`` fit of the first dataset, reported as the row
+  ``natural_single``; the batched row carries ``batched_over_single`` (wall-time ratio);
+* ``pyro``: :class:`dpmodels.DPGMM` with the generic Pyro SVI engine (reference, slow);
+* ``sklearn``: scikit-learn's ``BayesianGaussianMixture`` with a Dirichlet-process prior.
+
+Every method returns one row (a ``dict`` with the keys of :data:`ROW_FIELDS`). Wall times cover
+fitting only (data already on the device); ``heldout_loglik`` is the mean log predictive density
+of the held-out points in nats per point (for ``B > 1`` also averaged over fits); ``ari`` is the
+adjusted Rand index of the training labels against the planted ones (mean over fits);
+``speedup_vs_sklearn`` is ``B * sklearn wall time / wall time``, i.e. the time scikit-learn would
+need for the same number of fits divided by the method's, measured in the same run (``None`` when
+scikit-learn did not run). Non-convergence does not raise here: it shows in the ``converged``
+column. scikit-learn always runs on the CPU, in float64; the torch engines get float32 tensors.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import PlantedMixture
+from .estimator import DPGMM
+from .infer import ConvergenceWarning, NaturalOptions, fit_natural
+from .models import ModelSpec, empirical_base_measure
+from .posterior import MixturePosterior
+from .priors import WeightPrior
+
+__all__ = [
+    "METHODS",
+    "ROW_FIELDS",
+    "BenchmarkCase",
+    "BenchmarkSettings",
+    "Problem",
+    "format_table",
+    "make_problem",
+    "resolve_device",
+    "run_benchmark",
+    "run_case",
+    "write_results",
+]
+
+METHODS = ("natural", "natural_batched", "pyro", "sklearn")
+ROW_FIELDS = (
+    "case",
+    "method",
+    "device",
+    "N",
+    "D",
+    "K",
+    "covariance",
+    "B",
+    "n_clusters",
+    "wall_seconds",
+    "heldout_loglik",
+    "true_heldout_loglik",
+    "ari",
+    "n_active",
+    "converged",
+    "speedup_vs_sklearn",
+    "batched_over_single",
+)
+ACTIVE_THRESHOLD = 0.01  # share of the fitted points a component must explain to count as active
+
+Log = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class BenchmarkCase:
+    """One planted-cluster problem and the methods to run on it.
+
+    ``n_clusters`` is the planted number of clusters, ``truncation`` the fitted ``K``;
+    ``batch_size`` (``None`` = full batch) applies to the torch engines; ``n_fits`` is ``B`` for
+    ``natural_batched``; ``max_iter`` bounds the natural engine's full-batch iterations (``None``:
+    its default), ``sklearn_max_iter`` scikit-learn's, ``pyro_steps`` the Pyro SVI steps.
+    """
+
+    name: str
+    n_points: int = 2000
+    n_features: int = 4
+    n_clusters: int = 5
+    truncation: int = 20
+    covariance: str = "full"
+    methods: list[str] = field(default_factory=lambda: ["natural", "sklearn"])
+    batch_size: int | None = None
+    n_fits: int = 1
+    seed: int = 0
+    max_iter: int | None = None
+    sklearn_max_iter: int = 100
+    pyro_steps: int = 500
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(
+                f"case {self.name!r}: methods must be a non-empty list from {METHODS}, got {self.methods}."
+            )
+        if self.covariance not in ("full", "diag"):
+            raise ValueError(
+                f"case {self.name!r}: covariance must be 'full' or 'diag', got {self.covariance!r}."
+            )
+        for key in (
+            "n_points",
+            "n_features",
+            "n_clusters",
+            "truncation",
+            "n_fits",
+            "sklearn_max_iter",
+            "pyro_steps",
+        ):
+            if getattr(self, key) < 1:
+                raise ValueError(f"case {self.name!r}: {key} must be >= 1, got {getattr(self, key)}.")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"case {self.name!r}: batch_size must be >= 1 or None (full batch).")
+
+
+@dataclass
+class BenchmarkSettings:
+    """Run-wide settings: torch ``device`` (``"cpu"`` or ``"cuda"``), ``threads`` for torch and the
+    BLAS under scikit-learn (``None``: leave as is), held-out set size, a tiny warm-up fit before
+    timing (CUDA context, thread pools), and the cases."""
+
+    device: str = "cpu"
+    threads: int | None = None
+    heldout_points: int = 2000
+    warmup: bool = True
+    cases: list[BenchmarkCase] = field(default_factory=list)
+
+
+@dataclass
+class Problem:
+    """Data of one case: ``train[b] = (X (N, D) float64, labels (N,))`` for ``b < B`` (all methods but
+    ``natural_batched`` use ``train[0]``), a held-out set, and the true held-out log density."""
+
+    mixture: PlantedMixture
+    train: list[tuple[np.ndarray, np.ndarray]]
+    X_test: np.ndarray
+    y_test: np.ndarray
+    true_heldout_loglik: float
+
+
+def resolve_device(device: str) -> torch.device:
+    """``device`` as a ``torch.device``; a clear error when CUDA is asked for but absent."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}.") from err
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}.")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was requested but torch sees no CUDA GPU here (torch {torch.__version__}, "
+            f"built for CUDA {torch.version.cuda}); run with device=cpu or on a machine with a GPU."
+        )
+    return dev
+
+
+def _draw(mixture: PlantedMixture, n_points: int, key: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``n_points`` draws in chunks (``PlantedMixture.sample`` holds an ``(n, D, D)`` temporary)."""
+    D = mixture.n_features
+    chunk = max(1024, 2**24 // (D * D))
+    xs, ys = [], []
+    for i, start in enumerate(range(0, n_points, chunk)):
+        seed = int(np.random.SeedSequence([*key, i]).generate_state(1)[0])
+        X, y = mixture.sample(min(chunk, n_points - start), seed=seed)
+        xs.append(X)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def make_problem(case: BenchmarkCase, heldout_points: int) -> Problem:
+    """Plant the case's mixture (seeded by ``case.seed``) and draw its training and held-out sets."""
+    mixture = PlantedMixture(case.n_clusters, case.n_features, covariance=case.covariance, seed=case.seed)
+    n_sets = case.n_fits if "natural_batched" in case.methods else 1
+    train = [_draw(mixture, case.n_points, (case.seed, 1, b)) for b in range(n_sets)]
+    X_test, y_test = _draw(mixture, heldout_points, (case.seed, 2))
+    true_ll = float(mixture.log_density(X_test).mean())
+    return Problem(mixture, train, X_test, y_test, true_ll)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - start
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Record non-convergence in the ``converged`` column instead of raising or printing it."""
+    from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", SklearnConvergenceWarning)
+        yield
+
+
+def _ari(labels_true: np.ndarray, labels_pred: np.ndarray) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score(labels_true, labels_pred))
+
+
+def _batch(case: BenchmarkCase) -> int | None:
+    return case.batch_size if case.batch_size is not None and case.batch_size < case.n_points else None
+
+
+def _row(case: BenchmarkCase, method: str, device: torch.device, B: int, seconds: float, **values) -> dict:
+    row = dict.fromkeys(ROW_FIELDS)
+    row.update(
+        case=case.name,
+        method=method,
+        device=str(device),
+        N=case.n_points,
+        D=case.n_features,
+        K=case.truncation,
+        covariance=case.covariance,
+        B=B,
+        n_clusters=case.n_clusters,
+        wall_seconds=seconds,
+    )
+    row.update(values)
+    return row
+
+
+def _run_dpgmm(case: BenchmarkCase, problem: Problem, device: torch.device, engine: str) -> dict:
+    X, y = problem.train[0]
+    x = torch.as_tensor(X, dtype=torch.float32, device=device)
+    model = DPGMM(
+        truncation=case.truncation,
+        covariance=case.covariance,
+        engine=engine,
+        batch_size=_batch(case),
+        seed=case.seed,
+        device=str(device),
+        max_iter=case.pyro_steps if engine == "pyro" else case.max_iter,
+        active_threshold=ACTIVE_THRESHOLD,
+    )
+    _, seconds = _timed(lambda: model.fit(x), device)
+    return _row(
+        case,
+        engine,
+        device,
+        1,
+        seconds,
+        heldout_loglik=model.score(problem.X_test),
+        ari=_ari(y, model.predict(x)),
+        n_active=model.n_active_,
+        converged=model.converged_,
+    )
+
+
+def _fit_batched(case: BenchmarkCase, data: torch.Tensor, device: torch.device):
+    spec = ModelSpec(WeightPrior("dp", 1.0), empirical_base_measure(data, case.covariance), case.truncation)
+    extra = {} if case.max_iter is None else {"max_iter": case.max_iter}
+    options = NaturalOptions(batch_size=_batch(case), progress=False, **extra)
+    return spec, fit_natural(data, spec, seed=case.seed, options=options, device=device)
+
+
+def _run_natural_batched(case: BenchmarkCase, problem: Problem, device: torch.device) -> list[dict]:
+    data = torch.as_tensor(
+        np.stack([X for X, _ in problem.train]), dtype=torch.float32, device=device
+    )  # (B, N, D)
+    x_test = torch.as_tensor(problem.X_test, dtype=torch.float32, device=device)  # (n, D)
+    rows = []
+    for method, subset in (("natural_single", data[:1]), ("natural_batched", data)):
+        (spec, result), seconds = _timed(lambda s=subset: _fit_batched(case, s, device), device)
+        post = MixturePosterior(result.params, spec, result.counts, case.n_points, ACTIVE_THRESHOLD)
+        labels = post.predict(subset).cpu().numpy()  # (B, N)
+        aris = [_ari(problem.train[b][1], labels[b]) for b in range(subset.shape[0])]
+        rows.append(
+            _row(
+                case,
+                method,
+                device,
+                subset.shape[0],
+                seconds,
+                heldout_loglik=float(post.log_predictive(x_test).mean()),
+                ari=float(np.mean(aris)),
+                n_active=float(post.n_active.float().mean()),
+                converged=bool(result.converged.all()),
+            )
+        )
+    rows[1]["batched_over_single"] = rows[1]["wall_seconds"] / rows[0]["wall_seconds"]
+    return rows
+
+
+def _run_sklearn(case: BenchmarkCase, problem: Problem, threads: int | None) -> dict:
+    from sklearn.mixture import BayesianGaussianMixture
+    from threadpoolctl import threadpool_limits
+
+    X, y = problem.train[0]
+    model = BayesianGaussianMixture(
+        n_components=case.truncation,
+        covariance_type=case.covariance,
+        weight_concentration_prior_type="dirichlet_process",
+        weight_concentration_prior=1.0,
+        init_params="kmeans",
+        max_iter=case.sklearn_max_iter,
+        random_state=case.seed,
+    )
+    with threadpool_limits(limits=threads):
+        _, seconds = _timed(lambda: model.fit(X), torch.device("cpu"))
+    return _row(
+        case,
+        "sklearn",
+        torch.device("cpu"),
+        1,
+        seconds,
+        heldout_loglik=float(model.score(problem.X_test)),
+        ari=_ari(y, model.predict(X)),
+        n_active=int((model.weights_ > ACTIVE_THRESHOLD).sum()),
+        converged=bool(model.converged_),
+    )
+
+
+def _progress_line(row: dict) -> str:
+    return (
+        f"[{row['case']}] {row['method']:<15} N={row['N']} D={row['D']} K={row['K']} B={row['B']} "
+        f"on {row['device']}: {row['wall_seconds']:.2f} s, held-out {row['heldout_loglik']:.3f} nats/pt, "
+        f"ARI {row['ari']:.3f}, active {row['n_active']:g}" + ("" if row["converged"] else " (not converged)")
+    )
+
+
+def run_case(case: BenchmarkCase, settings: BenchmarkSettings, log: Log = _stderr) -> list[dict]:
+    """Run every method of ``case``; returns its rows (speedups filled in at the end)."""
+    device = resolve_device(settings.device)
+    problem = make_problem(case, settings.heldout_points)
+    rows: list[dict] = []
+    for method in case.methods:
+        with _quiet():
+            if method in ("natural", "pyro"):
+                new = [_run_dpgmm(case, problem, device, method)]
+            elif method == "natural_batched":
+                new = _run_natural_batched(case, problem, device)
+            else:
+                new = [_run_sklearn(case, problem, settings.threads)]
+        for row in new:
+            row["true_heldout_loglik"] = problem.true_heldout_loglik
+            log(_progress_line(row))
+        rows.extend(new)
+    sk = next((r["wall_seconds"] for r in rows if r["method"] == "sklearn"), None)
+    for row in rows:
+        row["speedup_vs_sklearn"] = None if sk is None else sk * row["B"] / row["wall_seconds"]
+    return rows
+
+
+def _warm_up(device: torch.device) -> None:
+    """A tiny fit so that one-off costs (CUDA context, kernels, thread pools) stay out of the timings."""
+    x = torch.randn(512, 2, generator=torch.Generator().manual_seed(0))
+    with _quiet():
+        DPGMM(truncation=3, max_iter=5, device=str(device)).fit(x.to(device))
+
+
+def run_benchmark(settings: BenchmarkSettings, log: Log = _stderr) -> list[dict]:
+    """Run all cases of ``settings``; returns the rows of every case, in order."""
+    device = resolve_device(settings.device)
+    if settings.threads is not None:
+        torch.set_num_threads(int(settings.threads))
+    if settings.warmup:
+        _warm_up(device)
+    rows: list[dict] = []
+    for case in settings.cases:
+        rows.extend(run_case(case, settings, log))
+    return rows
+
+
+def environment(device: str = "cpu") -> dict:
+    """Versions and hardware that the timings depend on."""
+    import sklearn
+
+    dev = torch.device(device)
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "sklearn": sklearn.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" and torch.cuda.is_available() else None,
+    }
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return format(value, spec)
+
+
+_COLUMNS = (  # header, row key, format
+    ("case", "case", ""),
+    ("method", "method", ""),
+    ("device", "device", ""),
+    ("N", "N", "d"),
+    ("D", "D", "d"),
+    ("K", "K", "d"),
+    ("cov", "covariance", ""),
+    ("B", "B", "d"),
+    ("wall s", "wall_seconds", ".2f"),
+    ("loglik/pt", "heldout_loglik", ".3f"),
+    ("true/pt", "true_heldout_loglik", ".3f"),
+    ("ARI", "ari", ".3f"),
+    ("active", "n_active", "g"),
+    ("conv", "converged", ""),
+    ("vs sklearn", "speedup_vs_sklearn", ".2f"),
+    ("batch/single", "batched_over_single", ".2f"),
+)
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """A plain-text table of the rows (one line per method and case)."""
+    cells = [[h for h, _, _ in _COLUMNS]]
+    cells += [[_fmt(row.get(key), spec) for _, key, spec in _COLUMNS] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(_COLUMNS))]
+    left = 3  # text columns (case, method, device) align left, numbers right
+
+    def line(cell_row: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i < left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cell_row, widths, strict=True))
+        )
+
+    lines = [line(r) for r in cells]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(
+    rows: Sequence[dict], output_dir: str | os.PathLike, settings: BenchmarkSettings | None = None
+) -> tuple[Path, Path]:
+    """Write ``benchmark.csv`` (the rows) and ``benchmark.json`` (rows, settings, environment) into
+    ``output_dir``, each atomically; returns both paths."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(ROW_FIELDS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path, json_path = out / "benchmark.csv", out / "benchmark.json"
+    _write_atomic(csv_path, buf.getvalue())
+    payload = {
+        "settings": asdict(settings) if settings is not None else None,
+        "environment": environment(settings.device if settings is not None else "cpu"),
+        "rows": list(rows),
+    }
+    _write_atomic(json_path, json.dumps(payload, indent=2) + "\n")
+    return csv_path, json_path

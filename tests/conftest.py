@@ -1,0 +1,34 @@
+"""Shared fixtures: small planted-cluster problems and model specs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dpmodels.models import ModelSpec, empirical_base_measure
+from dpmodels.priors import WeightPrior
+
+PRIORS = {
+    "dp": WeightPrior("dp", 1.0),
+    "pitman_yor": WeightPrior("pitman_yor", 1.0, 0.3),
+    "finite": WeightPrior("finite", 2.0),
+    "dp_learned": WeightPrior("dp", 1.0, learn_concentration=True),
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    torch.manual_seed(0)
+    yield
+
+
+def two_blobs(n1: int = 40, n2: int = 30, seed: int = 1, dtype=torch.float64) -> torch.Tensor:
+    """Two separated 2-D blobs as ``(1, N, 2)``."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n1, 2, generator=g, dtype=dtype) - 3.0
+    b = 0.5 * torch.randn(n2, 2, generator=g, dtype=dtype) + 3.0
+    return torch.cat([a, b]).unsqueeze(0)
+
+
+def make_spec(data: torch.Tensor, prior: WeightPrior, covariance: str, truncation: int) -> ModelSpec:
+    return ModelSpec(prior, empirical_base_measure(data, covariance), truncation)
