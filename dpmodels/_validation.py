@@ -58,7 +58,9 @@ def check_device(device) -> torch.device:
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}.") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but no CUDA GPU is available here; use device='cpu'.")
+        raise ValueError(
+            f"device={device!r} was requested but no CUDA GPU is available here; use device='cpu'."
+        )
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}.")
     return dev

@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -63,24 +62,9 @@ __all__ = [
 ]
 
 METHODS = ("natural", "natural_batched", "pyro", "sklearn")
-ROW_FIELDS = (
-    "case",
-    "method",
-    "device",
-    "N",
-    "D",
-    "K",
-    "covariance",
-    "B",
-    "n_clusters",
-    "wall_seconds",
-    "heldout_loglik",
-    "true_heldout_loglik",
-    "ari",
-    "n_active",
-    "converged",
-    "speedup_vs_sklearn",
-    "batched_over_single",
+ROW_FIELDS = tuple(
+    "case method device N D K covariance B n_clusters wall_seconds heldout_loglik true_heldout_loglik ari "
+    "n_active converged speedup_vs_sklearn batched_over_single error".split()
 )
 ACTIVE_THRESHOLD = 0.01  # share of the fitted points a component must explain to count as active
 
@@ -125,15 +109,7 @@ class BenchmarkCase:
             raise ValueError(
                 f"case {self.name!r}: covariance must be 'full' or 'diag', got {self.covariance!r}."
             )
-        for key in (
-            "n_points",
-            "n_features",
-            "n_clusters",
-            "truncation",
-            "n_fits",
-            "sklearn_max_iter",
-            "pyro_steps",
-        ):
+        for key in "n_points n_features n_clusters truncation n_fits sklearn_max_iter pyro_steps".split():
             if getattr(self, key) < 1:
                 raise ValueError(f"case {self.name!r}: {key} must be >= 1, got {getattr(self, key)}.")
         if self.batch_size is not None and self.batch_size < 1:
@@ -144,12 +120,14 @@ class BenchmarkCase:
 class BenchmarkSettings:
     """Run-wide settings: torch ``device`` (``"cpu"`` or ``"cuda"``), ``threads`` for torch and the
     BLAS under scikit-learn (``None``: leave as is), held-out set size, a tiny warm-up fit before
-    timing (CUDA context, thread pools), and the cases."""
+    timing (CUDA context, thread pools), whether a method that raises stops the run
+    (``fail_fast``) or is reported in the ``error`` column, and the cases."""
 
     device: str = "cpu"
     threads: int | None = None
     heldout_points: int = 2000
     warmup: bool = True
+    fail_fast: bool = False
     cases: list[BenchmarkCase] = field(default_factory=list)
 
 
@@ -314,7 +292,7 @@ def _run_natural_batched(case: BenchmarkCase, problem: Problem, device: torch.de
                 converged=bool(result.converged.all()),
             )
         )
-    rows[1]["batched_over_single"] = rows[1]["wall_seconds"] / rows[0]["wall_seconds"]
+    rows[1]["batched_over_single"] = rows[1]["wall_seconds"] / rows[0]["wall_seconds"]  # batched / single
     return rows
 
 
@@ -355,26 +333,39 @@ def _progress_line(row: dict) -> str:
     )
 
 
+def _run_method(
+    method: str, case: BenchmarkCase, problem: Problem, device: torch.device, threads: int | None
+) -> list[dict]:
+    with _quiet():
+        if method in ("natural", "pyro"):
+            return [_run_dpgmm(case, problem, device, method)]
+        if method == "natural_batched":
+            return _run_natural_batched(case, problem, device)
+        return [_run_sklearn(case, problem, threads)]
+
+
 def run_case(case: BenchmarkCase, settings: BenchmarkSettings, log: Log = _stderr) -> list[dict]:
     """Run every method of ``case``; returns its rows (speedups filled in at the end)."""
     device = resolve_device(settings.device)
     problem = make_problem(case, settings.heldout_points)
     rows: list[dict] = []
     for method in case.methods:
-        with _quiet():
-            if method in ("natural", "pyro"):
-                new = [_run_dpgmm(case, problem, device, method)]
-            elif method == "natural_batched":
-                new = _run_natural_batched(case, problem, device)
-            else:
-                new = [_run_sklearn(case, problem, settings.threads)]
+        try:
+            new = _run_method(method, case, problem, device, settings.threads)
+        except Exception as err:  # noqa: BLE001 - one failing method must not lose the others' timings
+            if settings.fail_fast:
+                raise
+            log(f"[{case.name}] {method} FAILED: {type(err).__name__}: {err}")
+            new = [_row(case, method, device, 1, float("nan"), error=f"{type(err).__name__}: {err}")]
         for row in new:
             row["true_heldout_loglik"] = problem.true_heldout_loglik
-            log(_progress_line(row))
+            if row["error"] is None:
+                log(_progress_line(row))
         rows.extend(new)
-    sk = next((r["wall_seconds"] for r in rows if r["method"] == "sklearn"), None)
+    sk = next((r["wall_seconds"] for r in rows if r["method"] == "sklearn" and r["error"] is None), None)
     for row in rows:
-        row["speedup_vs_sklearn"] = None if sk is None else sk * row["B"] / row["wall_seconds"]
+        if sk is not None and row["error"] is None:
+            row["speedup_vs_sklearn"] = sk * row["B"] / row["wall_seconds"]
     return rows
 
 
@@ -442,7 +433,7 @@ _COLUMNS = (  # header, row key, format
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    """A plain-text table of the rows (one line per method and case)."""
+    """A plain-text table of the rows (one line per method and case), failed methods listed below it."""
     cells = [[h for h, _, _ in _COLUMNS]]
     cells += [[_fmt(row.get(key), spec) for _, key, spec in _COLUMNS] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(_COLUMNS))]
@@ -456,18 +447,26 @@ def format_table(rows: Sequence[dict]) -> str:
 
     lines = [line(r) for r in cells]
     lines.insert(1, "-" * len(lines[0]))
+    lines += [f"FAILED {row['case']}/{row['method']}: {row['error']}" for row in rows if row.get("error")]
     return "\n".join(lines)
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write to a temporary file beside ``path``, then rename it over ``path`` (readers never see a
+    half-written file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as ``None`` so that the JSON stays standard."""
+    return None if isinstance(value, float) and not np.isfinite(value) else value
 
 
 def write_results(
@@ -486,7 +485,7 @@ def write_results(
     payload = {
         "settings": asdict(settings) if settings is not None else None,
         "environment": environment(settings.device if settings is not None else "cpu"),
-        "rows": list(rows),
+        "rows": [{k: _finite(v) for k, v in row.items()} for row in rows],
     }
-    _write_atomic(json_path, json.dumps(payload, indent=2) + "\n")
+    _write_atomic(json_path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
     return csv_path, json_path

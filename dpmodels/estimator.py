@@ -70,7 +70,9 @@ class DPGMM:
     ):
         self.truncation = check_positive_int(truncation, "truncation", "try 30 (an upper bound on clusters)")
         self.prior = prior
-        self.weight_prior = WeightPrior(prior, float(concentration), float(discount), bool(learn_concentration))
+        self.weight_prior = WeightPrior(
+            prior, float(concentration), float(discount), bool(learn_concentration)
+        )
         if covariance not in COVARIANCE_TYPES:
             raise ValueError(
                 f"covariance must be one of {COVARIANCE_TYPES}, got {covariance!r}; "
@@ -128,7 +130,10 @@ class DPGMM:
         )
         base = base.__class__(
             base.covariance,
-            *(t.expand((self.n_restarts,) + t.shape[1:]).clone() for t in (base.mean, base.mean_precision, base.dof, base.scale)),
+            *(
+                t.expand((self.n_restarts,) + t.shape[1:]).clone()
+                for t in (base.mean, base.mean_precision, base.dof, base.scale)
+            ),
         )
         spec = ModelSpec(self.weight_prior, base.to(device=self.device), self.truncation)
         fit_fn = fit_natural if self.engine == "natural" else fit_pyro
@@ -162,15 +167,18 @@ class DPGMM:
 
     def predict_proba(self, X) -> np.ndarray:
         """Responsibilities ``(N, K)``, components ordered by weight."""
-        return self.posterior_.responsibilities(self._check(X))[0].cpu().numpy()
+        x = self._check(X)
+        return self.posterior_.responsibilities(x)[0].cpu().numpy()
 
     def predict(self, X) -> np.ndarray:
         """Most probable component per point ``(N,)``."""
-        return self.posterior_.predict(self._check(X))[0].cpu().numpy()
+        x = self._check(X)
+        return self.posterior_.predict(x)[0].cpu().numpy()
 
     def score_samples(self, X) -> np.ndarray:
         """Posterior predictive log density per point (nats) ``(N,)``."""
-        return self.posterior_.log_predictive(self._check(X))[0].cpu().numpy()
+        x = self._check(X)
+        return self.posterior_.log_predictive(x)[0].cpu().numpy()
 
     def score(self, X) -> float:
         """Mean posterior predictive log density (nats per point)."""

@@ -128,7 +128,9 @@ class MixturePosterior:
 
     def _chunked(self, fn, x: Tensor) -> Tensor:
         x = self._as_batch(x)
-        return torch.cat([fn(x[:, i : i + self.chunk_size]) for i in range(0, x.shape[1], self.chunk_size)], 1)
+        return torch.cat(
+            [fn(x[:, i : i + self.chunk_size]) for i in range(0, x.shape[1], self.chunk_size)], 1
+        )
 
     def log_responsibilities(self, x: Tensor) -> Tensor:
         """Mean-field ``log q(z_n = k)`` ``(B, N, K)``, components in canonical order."""
@@ -214,7 +216,9 @@ class MixturePosterior:
         """The posterior of fit ``index`` alone (``B = 1``)."""
         sl = slice(index, index + 1)
         base = self.spec.base
-        base_b = BaseMeasure(base.covariance, base.mean[sl], base.mean_precision[sl], base.dof[sl], base.scale[sl])
+        base_b = BaseMeasure(
+            base.covariance, base.mean[sl], base.mean_precision[sl], base.dof[sl], base.scale[sl]
+        )
         return MixturePosterior(
             self.params.map(lambda t: t[sl]),
             ModelSpec(self.spec.prior, base_b, self.spec.truncation),

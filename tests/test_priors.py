@@ -13,7 +13,12 @@ from dpmodels.priors import (
     stick_breaking_weights,
 )
 
-ALL = [WeightPrior("dp", 1.0), WeightPrior("dp", 0.1), WeightPrior("pitman_yor", 2.0, 0.5), WeightPrior("finite", 3.0)]
+ALL = [
+    WeightPrior("dp", 1.0),
+    WeightPrior("dp", 0.1),
+    WeightPrior("pitman_yor", 2.0, 0.5),
+    WeightPrior("finite", 3.0),
+]
 
 
 @pytest.mark.parametrize("prior", ALL, ids=lambda p: f"{p.kind}-{p.concentration}")
@@ -60,7 +65,10 @@ def test_log_space_is_stable_in_float32_at_truncation_100():
 
 
 def test_expected_log_weights_match_monte_carlo():
-    a, b = torch.tensor([2.0, 3.0, 1.5], dtype=torch.float64), torch.tensor([5.0, 1.0, 2.0], dtype=torch.float64)
+    a, b = (
+        torch.tensor([2.0, 3.0, 1.5], dtype=torch.float64),
+        torch.tensor([5.0, 1.0, 2.0], dtype=torch.float64),
+    )
     S = 200_000
     v = torch.distributions.Beta(a, b).sample((S,))
     mc = log_stick_breaking(torch.log(v), torch.log1p(-v))

@@ -18,9 +18,7 @@ __all__ = ["kmeans_plusplus", "lloyd", "initial_stats"]
 def _sq_dist(x: Tensor, centres: Tensor) -> Tensor:
     """Squared distances ``(B, n, C)`` between ``x (B, n, D)`` and ``centres (B, C, D)``."""
     return (
-        x.pow(2).sum(-1, keepdim=True)
-        - 2 * x @ centres.transpose(1, 2)
-        + centres.pow(2).sum(-1).unsqueeze(1)
+        x.pow(2).sum(-1, keepdim=True) - 2 * x @ centres.transpose(1, 2) + centres.pow(2).sum(-1).unsqueeze(1)
     ).clamp_min(0.0)
 
 

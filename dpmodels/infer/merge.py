@@ -28,7 +28,9 @@ def xlogx(r: Tensor) -> Tensor:
     return torch.where(r > 0, r * torch.log(r.clamp_min(1e-300)), torch.zeros_like(r))
 
 
-def candidate_pairs(params: VariationalParams, counts: Tensor, n_neighbours: int = 3) -> tuple[Tensor, Tensor]:
+def candidate_pairs(
+    params: VariationalParams, counts: Tensor, n_neighbours: int = 3
+) -> tuple[Tensor, Tensor]:
     """For every used component, its nearest used neighbours: ``pairs (B, P, 2)``, ``valid (B, P)``.
 
     Distance between means is scaled by the components' average spread, so "near" means
@@ -95,7 +97,9 @@ def try_merges(
     if P == 0:
         return current, current_elbo, torch.zeros(B, dtype=torch.bool)
     merged_stats = _merged_stats(stats, comp_xlogx, pair_xlogx, pairs)
-    base_t = replace(base, **{f: _tile(getattr(base, f), P) for f in ("mean", "mean_precision", "dof", "scale")})
+    base_t = replace(
+        base, **{f: _tile(getattr(base, f), P) for f in ("mean", "mean_precision", "dof", "scale")}
+    )
     prev_t = previous.map(lambda t: _tile(t, P))
     cand = m_step(merged_stats, base_t, prior, prev_t)
     cand_elbo = elbo_from_stats(merged_stats, cand, base_t, prior).reshape(P, B).T  # (B, P)

@@ -156,7 +156,9 @@ def fit_natural(
         counts = None
         check_merges, merge_rounds, n_merges = False, 0, 0
         for it in range(passes):
-            due = opts.merge and it > 0 and it % opts.merge_every == 0 and merge_rounds < opts.max_merge_rounds
+            due = (
+                opts.merge and it > 0 and it % opts.merge_every == 0 and merge_rounds < opts.max_merge_rounds
+            )
             check_merges = check_merges or due
             if check_merges:
                 pairs, valid = candidate_pairs(params, counts)

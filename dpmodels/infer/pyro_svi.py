@@ -58,7 +58,11 @@ def _register(init: VariationalParams) -> list[str]:
     for name, value in init.tensors().items():
         if value.numel() == 0:
             continue
-        pyro.param(f"q_{name}", value.detach().clone(), constraint=_constraint(name, init.num_features, init.covariance))
+        pyro.param(
+            f"q_{name}",
+            value.detach().clone(),
+            constraint=_constraint(name, init.num_features, init.covariance),
+        )
         names.append(name)
     return names
 
@@ -139,8 +143,10 @@ def _finish(data, spec, fitted, base_c, shift, history, converged, start_time, d
     chunk = auto_chunk_size(B, spec.truncation, D)
     with torch.no_grad():
         stats = full_pass(data, shift, centred, chunk, device, dtype)
-        elbo = elbo_from_stats(stats, centred, base_c, spec.prior) if _closed_form(spec) else torch.full(
-            (B,), float("nan"), dtype=torch.float64
+        elbo = (
+            elbo_from_stats(stats, centred, base_c, spec.prior)
+            if _closed_form(spec)
+            else torch.full((B,), float("nan"), dtype=torch.float64)
         )
     hist = torch.tensor(history, dtype=torch.float64).unsqueeze(-1).expand(-1, B)
     return FitResult(

@@ -10,7 +10,7 @@ from torch import Tensor
 from ..models.dpgmm import ModelSpec
 from ..models.family import VariationalParams, expected_log_weights
 from .merge import xlogx
-from .updates import Stats, e_step
+from .updates import e_step
 
 __all__ = ["ConvergenceWarning", "FitResult", "full_pass", "auto_chunk_size"]
 

@@ -151,7 +151,9 @@ def elbo_from_stats(stats: Stats, params: VariationalParams, base: BaseMeasure, 
     const = 0.5 * expected_log_det_precision(params) - 0.5 * D * LOG_2PI - 0.5 * D / params.mean_precision
     if params.covariance == "full":
         s1m = stats.s1.unsqueeze(-1) * m.unsqueeze(-2)  # (B, K, D, D)
-        scatter = stats.s2 - s1m - s1m.transpose(-1, -2) + n_k[..., None, None] * m.unsqueeze(-1) * m.unsqueeze(-2)
+        scatter = (
+            stats.s2 - s1m - s1m.transpose(-1, -2) + n_k[..., None, None] * m.unsqueeze(-1) * m.unsqueeze(-2)
+        )
         trace = torch.cholesky_solve(scatter, params.scale_tril).diagonal(dim1=-2, dim2=-1).sum(-1)
     else:
         scatter = stats.s2 - 2 * stats.s1 * m + n_k.unsqueeze(-1) * m.pow(2)
@@ -168,11 +170,12 @@ def elbo_from_stats(stats: Stats, params: VariationalParams, base: BaseMeasure, 
     )
 
 
-def select_fits(mask: Tensor, when_true: VariationalParams, when_false: VariationalParams) -> VariationalParams:
+def select_fits(
+    mask: Tensor, when_true: VariationalParams, when_false: VariationalParams
+) -> VariationalParams:
     """Per-fit choice between two parameter sets; ``mask (B,)``."""
     out = {}
     for name, a in when_true.tensors().items():
         b = getattr(when_false, name)
         out[name] = torch.where(mask.reshape((-1,) + (1,) * (a.dim() - 1)), a, b)
     return replace(when_true, **out)
-

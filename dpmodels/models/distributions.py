@@ -15,6 +15,6 @@ class Wishart(dist.Wishart):
     "Singular sample detected." on valid draws; this version draws once and symmetrises.
     """
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape: tuple = ()) -> torch.Tensor:
         sample = self._bartlett_sampling(torch.Size(sample_shape))
         return 0.5 * (sample + sample.transpose(-1, -2))

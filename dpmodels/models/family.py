@@ -82,9 +82,7 @@ class VariationalParams:
     def tensors(self) -> dict[str, Tensor]:
         """The non-empty tensor fields by name."""
         return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if isinstance(getattr(self, f.name), Tensor)
+            f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)
         }
 
     def map(self, fn) -> VariationalParams:

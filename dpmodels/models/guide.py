@@ -14,8 +14,8 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from .dpgmm import ModelSpec
 from .distributions import Wishart
+from .dpgmm import ModelSpec
 from .family import VariationalParams, expected_log_likelihood, expected_log_weights
 
 __all__ = ["assignment_log_probs", "dpgmm_guide"]
@@ -58,7 +58,8 @@ def dpgmm_guide(
             else:
                 rate = 0.5 * params.scale  # (B, K, D)
                 precision = pyro.sample(
-                    "precision", dist.Gamma((0.5 * params.dof).unsqueeze(-1).expand_as(rate), rate).to_event(1)
+                    "precision",
+                    dist.Gamma((0.5 * params.dof).unsqueeze(-1).expand_as(rate), rate).to_event(1),
                 )
                 pyro.sample(
                     "mean", dist.Normal(params.mean, torch.rsqrt(beta.unsqueeze(-1) * precision)).to_event(1)

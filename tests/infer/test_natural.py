@@ -31,7 +31,9 @@ def test_closed_form_elbo_equals_pyro_trace_enum_elbo(prior_name, cov):
     res = _short_fit(data, spec, 3)
     closed = float(closed_form_elbo(data, spec, res.params)[0])
     assert closed >= float(res.elbo[0])  # a fresh E-step can only raise the bound
-    draws = pyro_elbo_draws(lambda d: dpgmm_model(d, spec), lambda d: dpgmm_guide(d, spec, res.params), data, 400)
+    draws = pyro_elbo_draws(
+        lambda d: dpgmm_model(d, spec), lambda d: dpgmm_guide(d, spec, res.params), data, 400
+    )
     se = draws.std() / math.sqrt(len(draws))
     assert abs(draws.mean() - closed) < 3 * se + 1e-3, (draws.mean(), closed, se)
 
