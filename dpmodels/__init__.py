@@ -13,10 +13,18 @@ Log-space values carry a ``log_`` prefix. ELBOs are total nats per fit unless a 
 says "per point".
 """
 
-from .estimator import DPGMM
-from .infer import ConvergenceWarning, FitResult
-from .posterior import MixturePosterior
-from .priors import WeightPrior
+import os as _os
+
+# torch's CPU wheels carry two OpenMP runtimes: MKL's (Intel) spin-waits 200 ms after every BLAS
+# call, starving torch's own OpenMP threads. On 2 cores that made small fits 10-30x slower. Not
+# spinning costs nothing measurable on large problems. The runtime reads this lazily, so setting
+# it here works even when torch was imported first; a user's own setting wins.
+_os.environ.setdefault("KMP_BLOCKTIME", "0")
+
+from .estimator import DPGMM  # noqa: E402
+from .infer import ConvergenceWarning, FitResult  # noqa: E402
+from .posterior import MixturePosterior  # noqa: E402
+from .priors import WeightPrior  # noqa: E402
 
 __all__ = ["DPGMM", "ConvergenceWarning", "FitResult", "MixturePosterior", "WeightPrior"]
 __version__ = "0.1.0"
