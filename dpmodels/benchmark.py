@@ -53,6 +53,7 @@ __all__ = [
     "BenchmarkCase",
     "BenchmarkSettings",
     "Problem",
+    "environment",
     "format_table",
     "make_problem",
     "resolve_device",
@@ -82,7 +83,8 @@ class BenchmarkCase:
     ``n_clusters`` is the planted number of clusters, ``truncation`` the fitted ``K``;
     ``batch_size`` (``None`` = full batch) applies to the torch engines; ``n_fits`` is ``B`` for
     ``natural_batched``; ``max_iter`` bounds the natural engine's full-batch iterations (``None``:
-    its default), ``sklearn_max_iter`` scikit-learn's, ``pyro_steps`` the Pyro SVI steps.
+    its default), ``sklearn_max_iter`` scikit-learn's (default 300, the natural engine's cap),
+    ``pyro_steps`` the Pyro SVI steps.
     """
 
     name: str
@@ -96,7 +98,7 @@ class BenchmarkCase:
     n_fits: int = 1
     seed: int = 0
     max_iter: int | None = None
-    sklearn_max_iter: int = 100
+    sklearn_max_iter: int = 300
     pyro_steps: int = 500
 
     def __post_init__(self) -> None:
@@ -350,13 +352,16 @@ def run_case(case: BenchmarkCase, settings: BenchmarkSettings, log: Log = _stder
     problem = make_problem(case, settings.heldout_points)
     rows: list[dict] = []
     for method in case.methods:
+        start = time.perf_counter()
         try:
             new = _run_method(method, case, problem, device, settings.threads)
         except Exception as err:  # noqa: BLE001 - one failing method must not lose the others' timings
             if settings.fail_fast:
                 raise
-            log(f"[{case.name}] {method} FAILED: {type(err).__name__}: {err}")
-            new = [_row(case, method, device, 1, float("nan"), error=f"{type(err).__name__}: {err}")]
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            error = f"{type(err).__name__} after {time.perf_counter() - start:.1f} s: {first_line}"
+            log(f"[{case.name}] {method} FAILED ({error}); run with fail_fast=true for the traceback")
+            new = [_row(case, method, device, 1, float("nan"), error=error)]
         for row in new:
             row["true_heldout_loglik"] = problem.true_heldout_loglik
             if row["error"] is None:

@@ -59,8 +59,10 @@ class PlantedMixture:
         """``(X (n, D) float64, labels (n,))``; ``seed`` defaults to the mixture's own seed."""
         rng = np.random.default_rng(self.seed + 1 if seed is None else seed)
         labels = rng.choice(self.n_clusters, size=n_points, p=self.weights)
-        eps = rng.normal(size=(n_points, self.n_features))
-        X = self.means[labels] + np.einsum("nde,ne->nd", self.chol[labels], eps)
+        X = rng.normal(size=(n_points, self.n_features))
+        for k in range(self.n_clusters):  # one cluster at a time: no (n, D, D) temporary
+            sel = labels == k
+            X[sel] = self.means[k] + X[sel] @ self.chol[k].T
         return X, labels
 
     def log_density(self, X: np.ndarray) -> np.ndarray:

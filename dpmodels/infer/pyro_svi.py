@@ -84,7 +84,10 @@ def fit_pyro(
     """Fit ``B`` mixtures to ``data (B, N, D)`` by Pyro SVI. Clears Pyro's param store first."""
     opts = options or PyroOptions()
     device = torch.device(device)
-    dtype = data.dtype if data.dtype in (torch.float32, torch.float64) else torch.float32
+    # float64: float32 Wishart draws of unused components (dof near D) can come out numerically
+    # singular, which breaks the Cholesky inside MultivariateNormal; this path is the slow
+    # reference, so the extra precision is cheap insurance.
+    dtype = torch.float64
     B, N, D = data.shape
     generator = torch.Generator().manual_seed(seed)
     pyro.clear_param_store()

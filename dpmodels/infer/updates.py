@@ -26,6 +26,7 @@ from ..models.family import (
     expected_concentration,
     expected_log_det_precision,
     expected_log_weights,
+    second_moments,
     weights_kl,
 )
 from ..models.guide import assignment_log_probs
@@ -69,15 +70,16 @@ def e_step(params: VariationalParams, x: Tensor, e_log_pi: Tensor | None = None)
 
     Returns the chunk's :class:`Stats` (float64) and ``log r (B, n, K)``.
     """
-    log_r = assignment_log_probs(params, x, e_log_pi)  # (B, n, K)
+    B, n, D = x.shape
+    phi = second_moments(x, params.covariance)  # (B, n, D*D) or (B, n, D)
+    log_r = assignment_log_probs(params, x, e_log_pi, phi)  # (B, n, K)
     r = log_r.exp()
     r_t = r.transpose(1, 2)  # (B, K, n)
     count = r_t.sum(-1)
     s1 = r_t @ x  # (B, K, D)
+    s2 = r_t @ phi  # (B, K, D*D) or (B, K, D)
     if params.covariance == "full":
-        s2 = (r_t.unsqueeze(-1) * x.unsqueeze(1)).transpose(-1, -2) @ x.unsqueeze(1)  # (B, K, D, D)
-    else:
-        s2 = r_t @ (x * x)  # (B, K, D)
+        s2 = s2.reshape(B, -1, D, D)
     entropy = -torch.where(r > 0, r * log_r, torch.zeros_like(r)).sum((1, 2))  # (B,)
     return Stats(count.double(), s1.double(), s2.double(), entropy.double()), log_r
 

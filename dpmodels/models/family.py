@@ -37,6 +37,7 @@ __all__ = [
     "expected_weights",
     "expected_log_det_precision",
     "expected_log_likelihood",
+    "second_moments",
     "log_predictive_components",
     "weights_kl",
     "components_kl",
@@ -155,11 +156,40 @@ def _mahalanobis(params: VariationalParams, x: Tensor) -> Tensor:
     return (diff.pow(2) / params.scale.unsqueeze(1)).sum(-1)
 
 
-def expected_log_likelihood(params: VariationalParams, x: Tensor) -> Tensor:
-    """``E_q[log N(x_n | mu_k, Lambda_k^-1)]`` ``(B, n, K)`` for ``x (B, n, D)``."""
+def second_moments(x: Tensor, covariance: str) -> Tensor:
+    """Per-point second-moment features ``phi``: ``vec(x x^T)`` ``(B, n, D*D)`` (full) or ``x**2``
+    ``(B, n, D)`` (diag). Quadratic forms and scatter statistics then become matrix products.
+    (The full ``D*D`` outer product measured faster than gathering its upper triangle.)"""
+    if covariance == "full":
+        return (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)
+    return x * x
+
+
+def _mahalanobis_from_moments(params: VariationalParams, x: Tensor, phi: Tensor) -> Tensor:
+    """Same as :func:`_mahalanobis` via ``x^T P x - 2 x^T P m + m^T P m`` with ``P = Psi^-1``:
+    three matrix products instead of a ``(B, K, n, D)`` temporary. Used while fitting on centred
+    data, where the cancellation error (float32 eps times ``|m|^2 / sigma^2``) is negligible."""
+    if params.covariance == "full":
+        prec = torch.cholesky_inverse(params.scale_tril)  # (B, K, D, D)
+        prec_vec = prec.flatten(-2)  # (B, K, D*D)
+        prec_m = (prec @ params.mean.unsqueeze(-1)).squeeze(-1)  # (B, K, D)
+    else:
+        prec_vec = 1.0 / params.scale  # (B, K, D)
+        prec_m = params.mean * prec_vec
+    m_prec_m = (params.mean * prec_m).sum(-1)  # (B, K)
+    maha = phi @ prec_vec.transpose(1, 2) - 2.0 * (x @ prec_m.transpose(1, 2)) + m_prec_m.unsqueeze(1)
+    return maha.clamp_min(0.0)  # (B, n, K)
+
+
+def expected_log_likelihood(params: VariationalParams, x: Tensor, phi: Tensor | None = None) -> Tensor:
+    """``E_q[log N(x_n | mu_k, Lambda_k^-1)]`` ``(B, n, K)`` for ``x (B, n, D)``.
+
+    With ``phi = second_moments(x)`` the quadratic form is computed by matrix products (fast path).
+    """
     D = params.num_features
     const = 0.5 * expected_log_det_precision(params) - 0.5 * D * LOG_2PI - 0.5 * D / params.mean_precision
-    return const.unsqueeze(1) - 0.5 * params.dof.unsqueeze(1) * _mahalanobis(params, x)
+    maha = _mahalanobis(params, x) if phi is None else _mahalanobis_from_moments(params, x, phi)
+    return const.unsqueeze(1) - 0.5 * params.dof.unsqueeze(1) * maha
 
 
 def log_predictive_components(params: VariationalParams, x: Tensor) -> Tensor:

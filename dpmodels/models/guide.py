@@ -21,11 +21,14 @@ from .family import VariationalParams, expected_log_likelihood, expected_log_wei
 __all__ = ["assignment_log_probs", "dpgmm_guide"]
 
 
-def assignment_log_probs(params: VariationalParams, x: Tensor, e_log_pi: Tensor | None = None) -> Tensor:
-    """Normalised mean-field ``log r`` ``(B, n, K)`` for ``x (B, n, D)``."""
+def assignment_log_probs(
+    params: VariationalParams, x: Tensor, e_log_pi: Tensor | None = None, phi: Tensor | None = None
+) -> Tensor:
+    """Normalised mean-field ``log r`` ``(B, n, K)`` for ``x (B, n, D)`` (``phi``: see
+    :func:`~dpmodels.models.family.second_moments`)."""
     if e_log_pi is None:
         e_log_pi = expected_log_weights(params)
-    logits = e_log_pi.unsqueeze(1) + expected_log_likelihood(params, x)  # (B, n, K)
+    logits = e_log_pi.unsqueeze(1) + expected_log_likelihood(params, x, phi)  # (B, n, K)
     return torch.log_softmax(logits, dim=-1)
 
 
