@@ -89,13 +89,15 @@ def try_merges(
     base: BaseMeasure,
     prior: WeightPrior,
 ) -> tuple[VariationalParams, Tensor, Tensor]:
-    """Evaluate every candidate merge; per fit keep the best one if it beats ``current_elbo``.
+    """Evaluate every candidate merge and keep, per fit, whatever raises ``current_elbo`` most:
+    the best single merge, or all disjoint merges with positive gain applied together (their
+    combined ELBO is exact too, since disjoint merges touch different columns of ``q(z)``).
 
-    Returns ``(params, elbo (B,), merged (B,) bool)``.
+    Returns ``(params, elbo (B,), n_merged (B,) int)``.
     """
     B, P, _ = pairs.shape
     if P == 0:
-        return current, current_elbo, torch.zeros(B, dtype=torch.bool)
+        return current, current_elbo, torch.zeros(B, dtype=torch.long)
     merged_stats = _merged_stats(stats, comp_xlogx, pair_xlogx, pairs)
     base_t = replace(
         base, **{f: _tile(getattr(base, f), P) for f in ("mean", "mean_precision", "dof", "scale")}
@@ -105,7 +107,42 @@ def try_merges(
     cand_elbo = elbo_from_stats(merged_stats, cand, base_t, prior).reshape(P, B).T  # (B, P)
     cand_elbo = cand_elbo.masked_fill(~valid, -torch.inf)
     best_elbo, best = cand_elbo.max(-1)  # (B,)
-    accept = best_elbo > current_elbo + 1e-9 * current_elbo.abs()
+    threshold = current_elbo + 1e-9 * current_elbo.abs()
+    accept = best_elbo > threshold
     flat = best * B + torch.arange(B, device=best.device)  # row of (P * B) for each fit
-    chosen = cand.map(lambda t: t[flat])
-    return select_fits(accept, chosen, current), torch.where(accept, best_elbo, current_elbo), accept
+    params = select_fits(accept, cand.map(lambda t: t[flat]), current)
+    elbo = torch.where(accept, best_elbo, current_elbo)
+    n_merged = accept.long()
+    combined, n_pairs = _combine_disjoint(stats, comp_xlogx, pair_xlogx, pairs, cand_elbo - threshold.unsqueeze(-1))
+    if bool((n_pairs > 1).any()):
+        multi = m_step(combined, base, prior, previous)
+        multi_elbo = elbo_from_stats(combined, multi, base, prior)
+        better = (n_pairs > 1) & (multi_elbo > elbo)
+        params = select_fits(better, multi, params)
+        elbo = torch.where(better, multi_elbo, elbo)
+        n_merged = torch.where(better, n_pairs, n_merged)
+    return params, elbo, n_merged
+
+
+def _combine_disjoint(
+    stats: Stats, comp_xlogx: Tensor, pair_xlogx: Tensor, pairs: Tensor, gains: Tensor
+) -> tuple[Stats, Tensor]:
+    """Per fit, greedily take pairs by decreasing positive gain that share no component, and
+    apply all of them to the statistics. Returns the merged statistics and the number of pairs."""
+    count, s1, s2, entropy = (t.clone() for t in (stats.count, stats.s1, stats.s2, stats.entropy))
+    n_pairs = torch.zeros(count.shape[0], dtype=torch.long)
+    for b in range(count.shape[0]):
+        used: set[int] = set()
+        for p in gains[b].argsort(descending=True).tolist():
+            if not bool(gains[b, p] > 0):
+                break
+            j, k = pairs[b, p].tolist()
+            if j in used or k in used:
+                continue
+            used.update((j, k))
+            for t in (count, s1, s2):
+                t[b, j] += t[b, k]
+                t[b, k] = 0
+            entropy[b] += comp_xlogx[b, j] + comp_xlogx[b, k] - pair_xlogx[b, p]
+            n_pairs[b] += 1
+    return Stats(count, s1, s2, entropy), n_pairs

@@ -34,7 +34,9 @@ class NaturalOptions:
 
     ``tol`` is the ELBO change per point (nats) below which a fit has converged; ``max_iter``
     bounds the full-batch iterations; with ``batch_size`` set, ``max_epochs`` bounds the minibatch
-    phase and ``final_passes`` the full-batch polish after it.
+    phase and ``final_passes`` the full-batch polish after it. In full-batch mode with more than
+    twice ``warm_start_points`` points, a complete fit (merges included) on that many random
+    points starts the full-data iterations (``None`` turns this off).
     """
 
     max_iter: int = 300
@@ -46,10 +48,11 @@ class NaturalOptions:
     kappa: float = 0.7
     chunk_size: int | None = None
     init_subsample: int = 20_000
+    warm_start_points: int | None = 25_000
     sort_components: bool = True
     merge: bool = True
     max_merge_rounds: int = 50
-    merge_every: int = 20
+    merge_every: int = 10
     progress: bool = True
 
 
@@ -125,6 +128,21 @@ def _minibatch_phase(data, shift, params, base_c, spec, opts, generator, device,
     return params, step
 
 
+def _warm_start(data, spec, generator, seed, opts, device):
+    """Fit a random subsample completely; its posterior (in centred float64) starts the full fit."""
+    N, n = data.shape[1], opts.warm_start_points
+    idx = torch.randperm(N, generator=generator)[:n].sort().values
+    sub_opts = replace(opts, warm_start_points=None, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the full-data phase decides convergence
+        sub = fit_natural(data[:, idx], spec, seed=seed, options=sub_opts, device=device)
+    base_c, shift = centred_base(spec)
+    params = sub.params.map(lambda t: t.to(device=device, dtype=torch.float64))
+    params.mean = params.mean - shift.to(device).unsqueeze(1)
+    info = {"points": n, "iterations": sub.n_iter, "merges": sub.info["merges"], "seconds": sub.fit_seconds}
+    return params, base_c.to(device=device), shift.to(device), info
+
+
 def fit_natural(
     data: Tensor,
     spec: ModelSpec,
@@ -138,12 +156,18 @@ def fit_natural(
     dtype = data.dtype if data.dtype in (torch.float32, torch.float64) else torch.float32
     B, N, D = data.shape
     K = spec.truncation
-    chunk = opts.chunk_size or auto_chunk_size(B, K, D if spec.covariance == "diag" else D * 2)
+    width = max(K, D * D if spec.covariance == "full" else D)  # per-point width of the temporaries
+    chunk = opts.chunk_size or auto_chunk_size(B, 1, width)
     generator = torch.Generator().manual_seed(seed)
     start_time = time.perf_counter()
-    params, base_c, shift = initial_params(data, spec, generator, opts.init_subsample, device)
-    tracker = _Tracker(N, opts.tol)
     minibatch = opts.batch_size is not None and opts.batch_size < N
+    warm = opts.warm_start_points
+    if not minibatch and warm is not None and N > 2 * warm:
+        params, base_c, shift, warm_info = _warm_start(data, spec, generator, seed, opts, device)
+    else:
+        params, base_c, shift = initial_params(data, spec, generator, opts.init_subsample, device)
+        warm_info = None
+    tracker = _Tracker(N, opts.tol)
     total = opts.max_epochs * (N // opts.batch_size) if minibatch else opts.max_iter
     n_steps, converged = 0, False
     with tqdm(total=total, desc=f"natural VI (B={B}, K={K})", disable=not opts.progress, leave=False) as bar:
@@ -181,7 +205,7 @@ def fit_natural(
                 check_merges = False
                 merge_rounds += 1
                 n_merges += int(merged.sum())
-                if not merged.any() and small_change:
+                if not bool(merged.any()) and small_change:
                     converged = True
                     break
             elif small_change:
@@ -213,5 +237,5 @@ def fit_natural(
         converged=conv,
         fit_seconds=time.perf_counter() - start_time,
         engine="natural",
-        info={"chunk_size": chunk, "minibatch": minibatch, "merges": n_merges},
+        info={"chunk_size": chunk, "minibatch": minibatch, "merges": n_merges, "warm_start": warm_info},
     )

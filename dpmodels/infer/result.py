@@ -43,8 +43,8 @@ class FitResult:
 
 
 def auto_chunk_size(batch: int, truncation: int, features: int, budget: int = 2**24) -> int:
-    """Points per E-step chunk so that the largest temporary, ``(B, K, n, D)``, stays near
-    ``budget`` elements (64 MiB in float32)."""
+    """Points per E-step chunk so that a temporary of ``B * truncation * features`` values per
+    point stays near ``budget`` elements (64 MiB in float32)."""
     return int(max(256, budget // max(1, batch * truncation * max(features, 1))))
 
 
