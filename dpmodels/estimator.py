@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ._validation import NotFittedError, as_points, check_device, check_positive_int
+from .data.source import PointSource
 from .infer import FitResult, NaturalOptions, PyroOptions, fit_natural, fit_pyro
 from .models.base_measure import COVARIANCE_TYPES, empirical_base_measure
 from .models.dpgmm import ModelSpec
@@ -45,6 +47,7 @@ class DPGMM:
     active_threshold : share of the data a component must explain to count in ``n_active_``.
     mean_precision, dof, scale : base-measure overrides (defaults follow the data).
     progress : show a progress bar while fitting.
+    chunk_size : points per E-step chunk (``None``: sized to keep temporaries near 64 MiB).
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class DPGMM:
         dof: float | None = None,
         scale=None,
         progress: bool = False,
+        chunk_size: int | None = None,
     ):
         self.truncation = check_positive_int(truncation, "truncation", "try 30 (an upper bound on clusters)")
         self.prior = prior
@@ -98,6 +102,9 @@ class DPGMM:
         self.active_threshold = active_threshold
         self.mean_precision, self.dof, self.scale = mean_precision, dof, scale
         self.progress = progress
+        if chunk_size is not None:
+            check_positive_int(chunk_size, "chunk_size", "use None to size chunks automatically")
+        self.chunk_size = chunk_size
 
     # ---- fitting --------------------------------------------------------------------------------
     def _options(self, num_points: int):
@@ -115,18 +122,21 @@ class DPGMM:
         if self.engine == "natural":
             if self.max_iter is not None:
                 overrides["max_iter"] = self.max_iter
-            return NaturalOptions(batch_size=batch, progress=self.progress, **overrides)
+            return NaturalOptions(
+                batch_size=batch, progress=self.progress, chunk_size=self.chunk_size, **overrides
+            )
         if self.max_iter is not None:
             overrides["max_steps"] = self.max_iter
         return PyroOptions(batch_size=batch, progress=self.progress, **overrides)
 
     def fit(self, X) -> DPGMM:
-        """Fit to ``X`` of shape ``(N, D)``; returns ``self``."""
-        x = as_points(X)
-        N, D = x.shape
-        data = x.unsqueeze(0).expand(self.n_restarts, N, D)  # (B, N, D), restarts share memory
+        """Fit to ``X``: an ``(N, D)`` array or tensor, or the path of an ``(N, D)`` ``.npy`` file (or
+        an ``np.memmap``), which is read in chunks and never loaded whole. Returns ``self``."""
+        source = self._source(X)
+        N, D = source.shape[1:]
+        data = PointSource(source.data, repeat=self.n_restarts)  # (B, N, D), restarts share memory
         base = empirical_base_measure(
-            data[:1], self.covariance, mean_precision=self.mean_precision, dof=self.dof, scale=self.scale
+            source, self.covariance, mean_precision=self.mean_precision, dof=self.dof, scale=self.scale
         )
         base = base.__class__(
             base.covariance,
@@ -152,6 +162,21 @@ class DPGMM:
         self.covariances_ = self.posterior_.covariances[0].cpu().numpy()
         self.n_active_ = int(self.posterior_.n_active[0])
         return self
+
+    @staticmethod
+    def _source(X) -> PointSource:
+        """Validated ``(1, N, D)`` view of the training data (in-memory data is checked at once,
+        on-disk data chunk by chunk)."""
+        if isinstance(X, (str, Path, np.memmap)):
+            source = PointSource(X)
+            if source.shape[0] != 1:
+                raise ValueError(f"X must have shape (N, D), got {tuple(source.shape)}.")
+            N, D = source.shape[1:]
+            if D == 0 or N < 2:
+                raise ValueError(f"X needs at least 2 points and 1 feature, got shape ({N}, {D}).")
+            source.check_finite()
+            return source
+        return PointSource(as_points(X))
 
     # ---- prediction -----------------------------------------------------------------------------
     def _check(self, X) -> torch.Tensor:

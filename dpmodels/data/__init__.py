@@ -1,5 +1,7 @@
-"""Datasets: planted-cluster mixtures with known truth (more loaders arrive with the convnet work)."""
+"""Datasets and data access: planted-cluster mixtures with known truth, and ``PointSource``
+(tensors, arrays or memory-mapped ``.npy`` files read chunk by chunk)."""
 
+from .source import PointSource
 from .synthetic import PlantedMixture
 
-__all__ = ["PlantedMixture"]
+__all__ = ["PlantedMixture", "PointSource"]

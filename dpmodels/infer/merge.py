@@ -113,7 +113,9 @@ def try_merges(
     params = select_fits(accept, cand.map(lambda t: t[flat]), current)
     elbo = torch.where(accept, best_elbo, current_elbo)
     n_merged = accept.long()
-    combined, n_pairs = _combine_disjoint(stats, comp_xlogx, pair_xlogx, pairs, cand_elbo - threshold.unsqueeze(-1))
+    combined, n_pairs = _combine_disjoint(
+        stats, comp_xlogx, pair_xlogx, pairs, cand_elbo - threshold.unsqueeze(-1)
+    )
     if bool((n_pairs > 1).any()):
         multi = m_step(combined, base, prior, previous)
         multi_elbo = elbo_from_stats(combined, multi, base, prior)

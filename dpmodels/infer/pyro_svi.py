@@ -100,7 +100,7 @@ def fit_pyro(
         init.conc_shape = torch.full((B,), spec.prior.concentration_shape, dtype=dtype, device=device)
         init.conc_rate = init.conc_shape / spec.prior.concentration
     names = _register(init)
-    x = data.to(device=device, dtype=dtype)
+    x = data[:, :].to(device=device, dtype=dtype)  # tensor or PointSource: the whole (small) data
     spec_c = ModelSpec(spec.prior, spec.base.to(dtype=dtype, device=device), spec.truncation)
     subsample = opts.batch_size if opts.batch_size and opts.batch_size < N else None
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..data.source import PointSource
+
 __all__ = ["COVARIANCE_TYPES", "BaseMeasure", "empirical_base_measure"]
 
 COVARIANCE_TYPES = ("full", "diag")
@@ -60,7 +62,7 @@ class BaseMeasure:
 
 
 def empirical_base_measure(
-    data: Tensor,
+    data: Tensor | PointSource,
     covariance: str = "full",
     mean: Tensor | float | None = None,
     mean_precision: float = 1.0,
@@ -68,7 +70,8 @@ def empirical_base_measure(
     scale: Tensor | float | None = None,
     reg_covar: float = 1e-6,
 ) -> BaseMeasure:
-    """Empirical-Bayes hyperparameters from ``data`` of shape ``(B, N, D)`` (or ``(N, D)``).
+    """Empirical-Bayes hyperparameters from ``data`` of shape ``(B, N, D)`` (or ``(N, D)``), a
+    tensor, array or :class:`~dpmodels.data.PointSource` (read in chunks). Returned on the CPU.
 
     Any of ``mean``, ``mean_precision``, ``dof``, ``scale`` can be given to override the
     data-driven default; scalars broadcast. ``scale`` is ``Psi`` (a covariance-like matrix).
@@ -78,11 +81,9 @@ def empirical_base_measure(
             f"covariance must be one of {COVARIANCE_TYPES}, got {covariance!r}; "
             "try 'diag' for many features (D > 64) or 'full' otherwise."
         )
-    x = data.unsqueeze(0) if data.dim() == 2 else data  # (B, N, D)
-    B, N, D = x.shape
-    x64 = x.double()
-    data_mean = x64.mean(1)  # (B, D)
-    centred = x64 - data_mean.unsqueeze(1)
+    source = data if isinstance(data, PointSource) else PointSource(data)
+    B, N, D = source.shape
+    data_mean, emp = source.moments(covariance)  # float64 (B, D), (B, D, D) or (B, D)
     if dof is None:
         dof = float(D)
     if dof <= D - 1:
@@ -92,26 +93,25 @@ def empirical_base_measure(
     m0 = data_mean if mean is None else torch.as_tensor(mean, dtype=torch.float64).expand(B, D)
     if covariance == "full":
         if scale is None:
-            emp = centred.transpose(1, 2) @ centred / max(N - 1, 1)  # (B, D, D)
             ridge = reg_covar * (1.0 + emp.diagonal(dim1=-2, dim2=-1).mean(-1))  # (B,)
             psi = emp + ridge[:, None, None] * torch.eye(D, dtype=torch.float64)
         else:
             psi = _as_matrix(scale, B, D)
     else:
         if scale is None:
-            var = centred.pow(2).sum(1) / max(N - 1, 1)  # (B, D)
-            psi = var + reg_covar * (1.0 + var.mean(-1, keepdim=True))
+            psi = emp + reg_covar * (1.0 + emp.mean(-1, keepdim=True))
         else:
             psi = torch.as_tensor(scale, dtype=torch.float64).expand(B, D).clone()
             if not (psi > 0).all():
                 raise ValueError("scale must be positive for covariance='diag'.")
+    dtype = source.dtype
     return BaseMeasure(
         covariance=covariance,
-        mean=m0.to(x.dtype),
-        mean_precision=torch.full((B,), float(mean_precision), dtype=x.dtype),
-        dof=torch.full((B,), float(dof), dtype=x.dtype),
-        scale=psi.to(x.dtype),
-    ).to(device=x.device)
+        mean=m0.to(dtype),
+        mean_precision=torch.full((B,), float(mean_precision), dtype=dtype),
+        dof=torch.full((B,), float(dof), dtype=dtype),
+        scale=psi.to(dtype),
+    )
 
 
 def _as_matrix(scale: Tensor | float, B: int, D: int) -> Tensor:

@@ -1,0 +1,114 @@
+"""Where the engines read points from: tensors, NumPy arrays, or ``.npy`` files memory-mapped from
+disk, all seen as ``(B, N, D)`` and read one chunk at a time.
+
+A 10 M x 32 float32 layer is 1.3 GB; with a memory-mapped file only the chunk being processed
+(plus the operating system's page cache, which it may drop) occupies memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["PointSource"]
+
+
+class PointSource:
+    """A read-only ``(B, N, D)`` view of points.
+
+    ``data``: a tensor or array shaped ``(N, D)`` or ``(B, N, D)``, or the path of a ``.npy`` file
+    (opened with ``mmap_mode="r"``). ``repeat`` shows a single ``(N, D)`` set ``repeat`` times
+    (restarts) without copying. Indexing ``source[:, idx]`` returns a tensor of that chunk in
+    ``dtype`` (float32 by default; float64 sources stay float64).
+    """
+
+    def __init__(self, data, repeat: int = 1, name: str = "X"):
+        if isinstance(data, (str, Path)):
+            path = Path(data)
+            if not path.is_file():
+                raise ValueError(
+                    f"{name}: no such file {str(path)!r}; pass an existing .npy file or an array."
+                )
+            try:
+                data = np.load(path, mmap_mode="r")
+            except ValueError as err:
+                raise ValueError(f"{name}: {str(path)!r} is not a readable .npy array ({err}).") from err
+        if isinstance(data, Tensor):
+            data = data.detach()
+        elif not isinstance(data, np.ndarray):
+            data = np.asarray(data)
+        if isinstance(data, np.ndarray) and not (
+            np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)
+        ):
+            raise ValueError(
+                f"{name} must hold numbers, got dtype {data.dtype}; convert with np.asarray(X, float)."
+            )
+        if data.ndim == 2:
+            data = data[None]
+        if data.ndim != 3:
+            raise ValueError(f"{name} must have shape (N, D) or (B, N, D), got shape {tuple(data.shape)}.")
+        if repeat > 1:
+            if data.shape[0] != 1:
+                raise ValueError("repeat applies to a single (N, D) data set only.")
+            data = (
+                data.expand(repeat, -1, -1)
+                if isinstance(data, Tensor)
+                else np.broadcast_to(data, (repeat,) + data.shape[1:])
+            )
+        self.data, self.name = data, name
+        src_dtype = (
+            data.dtype if isinstance(data, Tensor) else torch.from_numpy(np.zeros(0, data.dtype)).dtype
+        )
+        self.dtype = torch.float64 if src_dtype == torch.float64 else torch.float32
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.data.shape)
+
+    def __len__(self) -> int:
+        return self.shape[1]
+
+    def __getitem__(self, key) -> Tensor:
+        if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], Tensor):
+            key = (key[0], key[1].cpu().numpy() if not isinstance(self.data, Tensor) else key[1])
+        chunk = self.data[key]
+        if not isinstance(chunk, Tensor):
+            chunk = torch.from_numpy(np.array(chunk))  # a copy of just this chunk
+        return chunk.to(self.dtype)
+
+    def chunks(self, chunk_size: int):
+        """``(start, tensor (B, n, D))`` over all points, in order."""
+        for start in range(0, self.shape[1], chunk_size):
+            yield start, self[:, start : start + chunk_size]
+
+    def check_finite(self, chunk_size: int = 65_536) -> None:
+        """Raise ``ValueError`` naming the first rows that hold NaN or Inf."""
+        for start, x in self.chunks(chunk_size):
+            bad = ~torch.isfinite(x)
+            if bool(bad.any()):
+                rows = (torch.nonzero(bad.any(-1).any(0)).flatten()[:5] + start).tolist()
+                raise ValueError(
+                    f"{self.name} contains NaN or Inf values (first rows: {rows}); drop or impute them before fitting."
+                )
+
+    def moments(self, covariance: str, chunk_size: int = 65_536) -> tuple[Tensor, Tensor]:
+        """Mean ``(B, D)`` and covariance ``(B, D, D)`` (or variances ``(B, D)``) in float64,
+        accumulated chunk by chunk around a first-chunk pivot (numerically stable)."""
+        B, N, D = self.shape
+        pivot = self[:, : min(N, 1024)].double().mean(1, keepdim=True)  # (B, 1, D)
+        s1 = torch.zeros(B, D, dtype=torch.float64)
+        s2 = torch.zeros((B, D, D) if covariance == "full" else (B, D), dtype=torch.float64)
+        for _, x in self.chunks(chunk_size):
+            c = x.double() - pivot
+            s1 += c.sum(1)
+            s2 += c.transpose(1, 2) @ c if covariance == "full" else (c * c).sum(1)
+        mean_c = s1 / N
+        denom = max(N - 1, 1)
+        if covariance == "full":
+            cov = (s2 - N * mean_c.unsqueeze(-1) * mean_c.unsqueeze(-2)) / denom
+        else:
+            cov = (s2 - N * mean_c.pow(2)) / denom
+        return mean_c + pivot.squeeze(1), cov

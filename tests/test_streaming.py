@@ -1,0 +1,77 @@
+"""Fitting from disk: memory-mapped .npy files read chunk by chunk, and batched fits."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from dpmodels import DPGMM
+from dpmodels.data import PlantedMixture, PointSource
+from dpmodels.infer import NaturalOptions, fit_natural
+from dpmodels.models import ModelSpec, empirical_base_measure
+from dpmodels.priors import WeightPrior
+
+
+@pytest.mark.parametrize("cov", ["full", "diag"])
+def test_fit_from_memory_mapped_file_matches_in_memory_fit(tmp_path, cov):
+    X, labels = PlantedMixture(4, 6, cov, seed=21).sample(6000)
+    path = tmp_path / "layer.npy"
+    np.save(path, X.astype(np.float32))
+    on_disk = DPGMM(truncation=12, covariance=cov, chunk_size=700).fit(path)  # 9 chunks per pass
+    in_memory = DPGMM(truncation=12, covariance=cov).fit(X.astype(np.float32))
+    assert on_disk.n_active_ == 4
+    assert adjusted_rand_score(labels, on_disk.predict(X)) > 0.99
+    assert on_disk.elbo_ == pytest.approx(in_memory.elbo_, rel=1e-4)
+    memmap = np.load(path, mmap_mode="r")
+    np.testing.assert_array_equal(
+        DPGMM(truncation=12, covariance=cov, chunk_size=700).fit(memmap).predict(X), on_disk.predict(X)
+    )
+
+
+def test_minibatches_from_disk(tmp_path):
+    X, labels = PlantedMixture(3, 4, "full", seed=22).sample(8000)
+    path = tmp_path / "layer.npy"
+    np.save(path, X)
+    model = DPGMM(truncation=10, batch_size=1000, chunk_size=1500).fit(path)
+    assert model.n_active_ == 3
+    assert adjusted_rand_score(labels, model.predict(X)) > 0.99
+
+
+def test_chunked_moments_match_numpy():
+    X = np.random.default_rng(0).normal(5.0, 3.0, size=(5003, 4)) @ np.diag([1, 2, 3, 4.0])
+    mean, cov = PointSource(X).moments("full", chunk_size=333)
+    np.testing.assert_allclose(mean[0].numpy(), X.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(cov[0].numpy(), np.cov(X.T), rtol=1e-8)
+
+
+def test_warm_start_on_a_subsample_reaches_the_full_fit():
+    mix = PlantedMixture(5, 4, "full", seed=23)
+    X, labels = mix.sample(12_000)
+    data = torch.tensor(X, dtype=torch.float32).unsqueeze(0)
+    spec = ModelSpec(WeightPrior(), empirical_base_measure(data, "full"), 15)
+    warm = fit_natural(data, spec, options=NaturalOptions(progress=False, warm_start_points=2000))
+    cold = fit_natural(data, spec, options=NaturalOptions(progress=False, warm_start_points=None))
+    assert warm.info["warm_start"]["points"] == 2000
+    assert cold.info["warm_start"] is None
+    assert float(warm.elbo[0]) == pytest.approx(float(cold.elbo[0]), rel=2e-4)
+    assert warm.n_iter < cold.n_iter
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda p: p / "missing.npy", "no such file"),
+        (
+            lambda p: (
+                np.save(p / "bad.npy", np.array([[1.0, np.nan], [0.0, 1.0], [2.0, 2.0]])),
+                p / "bad.npy",
+            )[1],
+            "NaN or Inf",
+        ),
+        (lambda p: (np.save(p / "r3.npy", np.zeros((2, 3, 4))), p / "r3.npy")[1], r"shape \(N, D\)"),
+        (lambda p: (p / "junk.npy").write_text("not an array") and p / "junk.npy", "not a readable .npy"),
+    ],
+)
+def test_bad_files_are_clear_errors(tmp_path, make, match):
+    with pytest.raises(ValueError, match=match):
+        DPGMM(truncation=3).fit(make(tmp_path))
