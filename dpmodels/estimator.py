@@ -21,7 +21,7 @@ from .models.dpgmm import ModelSpec
 from .posterior import MixturePosterior
 from .priors import WeightPrior
 
-__all__ = ["DPGMM", "ENGINES"]
+__all__ = ["DPGMM", "ENGINES", "fit_batched"]
 
 ENGINES = ("natural", "pyro")
 
@@ -146,22 +146,29 @@ class DPGMM:
             ),
         )
         spec = ModelSpec(self.weight_prior, base.to(device=self.device), self.truncation)
-        fit_fn = fit_natural if self.engine == "natural" else fit_pyro
-        result: FitResult = fit_fn(data, spec, seed=self.seed, options=self._options(N), device=self.device)
+        result = self._run(data, spec)
         best = int(torch.nan_to_num(result.elbo, nan=-torch.inf).argmax())
-        full = MixturePosterior(result.params, spec, result.counts, N, self.active_threshold)
-        self.posterior_ = full.select(best)
+        self._adopt(result, spec, best)
+        return self
+
+    def _run(self, data, spec: ModelSpec) -> FitResult:
+        fit_fn = fit_natural if self.engine == "natural" else fit_pyro
+        return fit_fn(data, spec, seed=self.seed, options=self._options(data.shape[1]), device=self.device)
+
+    def _adopt(self, result: FitResult, spec: ModelSpec, index: int) -> None:
+        """Take fit ``index`` of a (batched) result as this estimator's fit."""
+        full = MixturePosterior(result.params, spec, result.counts, result.num_points, self.active_threshold)
+        self.posterior_ = full.select(index)
         self.fit_result_ = result
-        self.n_features_in_ = D
-        self.elbo_ = float(result.elbo[best])
-        self.elbo_history_ = result.elbo_history[:, best].numpy()
+        self.n_features_in_ = result.params.num_features
+        self.elbo_ = float(result.elbo[index])
+        self.elbo_history_ = result.elbo_history[:, index].numpy()
         self.n_iter_ = result.n_iter
-        self.converged_ = bool(result.converged[best])
+        self.converged_ = bool(result.converged[index])
         self.weights_ = self.posterior_.weights[0].cpu().numpy()
         self.means_ = self.posterior_.means[0].cpu().numpy()
         self.covariances_ = self.posterior_.covariances[0].cpu().numpy()
         self.n_active_ = int(self.posterior_.n_active[0])
-        return self
 
     @staticmethod
     def _source(X) -> PointSource:
@@ -214,3 +221,50 @@ class DPGMM:
             f"DPGMM(truncation={self.truncation}, prior={self.prior!r}, concentration={self.concentration}, "
             f"covariance={self.covariance!r}, engine={self.engine!r}, seed={self.seed})"
         )
+
+
+def fit_batched(datasets, **kwargs) -> list[DPGMM]:
+    """Fit one mixture per data set, all ``B`` of them in one batched tensor program.
+
+    ``datasets``: an array or tensor ``(B, N, D)``, or a list of ``B`` arrays ``(N, D)`` of equal
+    shape (e.g. several layers projected to a common dimension, or seeds of one layer). Keyword
+    arguments are those of :class:`DPGMM` (``n_restarts`` must be 1). Each data set gets its own
+    empirical-Bayes base measure. Returns one fitted :class:`DPGMM` per data set; they share one
+    ``fit_result_`` (wall time and iterations are those of the whole batch).
+    """
+    if kwargs.get("n_restarts", 1) != 1:
+        raise ValueError(
+            "fit_batched runs one fit per data set; use n_restarts=1 (or DPGMM.fit for restarts)."
+        )
+    if isinstance(datasets, (list, tuple)):
+        if not datasets:
+            raise ValueError("fit_batched needs at least one data set, got an empty list.")
+        points = [as_points(x, name=f"datasets[{i}]") for i, x in enumerate(datasets)]
+        shapes = {tuple(p.shape) for p in points}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"all data sets must share one shape (N, D) to be batched, got {sorted(shapes)}; "
+                "subsample to a common N and project to a common D (e.g. PCA) first."
+            )
+        data = torch.stack(points)
+    else:
+        data = torch.as_tensor(np.asarray(datasets) if not isinstance(datasets, torch.Tensor) else datasets)
+        if data.dim() != 3:
+            raise ValueError(f"datasets must have shape (B, N, D), got {tuple(data.shape)}.")
+        data = torch.stack([as_points(x, name=f"datasets[{i}]") for i, x in enumerate(data)])
+    template = DPGMM(**kwargs)
+    base = empirical_base_measure(
+        data,
+        template.covariance,
+        mean_precision=template.mean_precision,
+        dof=template.dof,
+        scale=template.scale,
+    )
+    spec = ModelSpec(template.weight_prior, base.to(device=template.device), template.truncation)
+    result = template._run(data, spec)
+    models = []
+    for b in range(data.shape[0]):
+        model = DPGMM(**kwargs)
+        model._adopt(result, spec, b)
+        models.append(model)
+    return models

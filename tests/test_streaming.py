@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from dpmodels import DPGMM
+from dpmodels import DPGMM, fit_batched
 from dpmodels.data import PlantedMixture, PointSource
 from dpmodels.infer import NaturalOptions, fit_natural
 from dpmodels.models import ModelSpec, empirical_base_measure
@@ -75,3 +75,25 @@ def test_warm_start_on_a_subsample_reaches_the_full_fit():
 def test_bad_files_are_clear_errors(tmp_path, make, match):
     with pytest.raises(ValueError, match=match):
         DPGMM(truncation=3).fit(make(tmp_path))
+
+
+def test_fit_batched_returns_one_model_per_data_set():
+    mixes = [PlantedMixture(k, 5, "full", seed=30 + k) for k in (2, 3, 5)]
+    samples = [m.sample(1500) for m in mixes]
+    models = fit_batched([X for X, _ in samples], truncation=12)
+    assert [m.n_active_ for m in models] == [2, 3, 5]
+    for model, (X, labels) in zip(models, samples, strict=True):
+        assert adjusted_rand_score(labels, model.predict(X)) > 0.99
+        alone = DPGMM(truncation=12).fit(X)
+        assert model.elbo_ == pytest.approx(alone.elbo_, rel=1e-4)
+
+
+def test_fit_batched_bad_input():
+    with pytest.raises(ValueError, match="share one shape"):
+        fit_batched([np.zeros((10, 2)), np.zeros((12, 2))])
+    with pytest.raises(ValueError, match="empty list"):
+        fit_batched([])
+    with pytest.raises(ValueError, match=r"shape \(B, N, D\)"):
+        fit_batched(np.zeros((10, 2)))
+    with pytest.raises(ValueError, match="n_restarts=1"):
+        fit_batched([np.zeros((10, 2))], n_restarts=2)
