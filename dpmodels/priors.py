@@ -95,7 +95,9 @@ class WeightPrior:
         _check_truncation(truncation)
         alpha = self.concentration if concentration is None else concentration
         d = self.discount
-        k = torch.arange(1, truncation, dtype=torch.get_default_dtype())  # (K-1,) 1-based index
+        like = alpha if isinstance(alpha, Tensor) else torch.zeros(())
+        dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+        k = torch.arange(1, truncation, dtype=dtype, device=like.device)  # (K-1,) 1-based index
         a = torch.full_like(k, 1.0 - d)
         b = alpha + k * d  # (..., K-1); a tensor alpha of shape (..., 1) broadcasts
         return a.expand_as(b), b

@@ -32,3 +32,13 @@ def two_blobs(n1: int = 40, n2: int = 30, seed: int = 1, dtype=torch.float64) ->
 
 def make_spec(data: torch.Tensor, prior: WeightPrior, covariance: str, truncation: int) -> ModelSpec:
     return ModelSpec(prior, empirical_base_measure(data, covariance), truncation)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` run only where CUDA is available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

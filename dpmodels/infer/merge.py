@@ -97,7 +97,7 @@ def try_merges(
     """
     B, P, _ = pairs.shape
     if P == 0:
-        return current, current_elbo, torch.zeros(B, dtype=torch.long)
+        return current, current_elbo, torch.zeros(B, dtype=torch.long, device=current_elbo.device)
     merged_stats = _merged_stats(stats, comp_xlogx, pair_xlogx, pairs)
     base_t = replace(
         base, **{f: _tile(getattr(base, f), P) for f in ("mean", "mean_precision", "dof", "scale")}
@@ -132,7 +132,7 @@ def _combine_disjoint(
     """Per fit, greedily take pairs by decreasing positive gain that share no component, and
     apply all of them to the statistics. Returns the merged statistics and the number of pairs."""
     count, s1, s2, entropy = (t.clone() for t in (stats.count, stats.s1, stats.s2, stats.entropy))
-    n_pairs = torch.zeros(count.shape[0], dtype=torch.long)
+    n_pairs = torch.zeros(count.shape[0], dtype=torch.long, device=count.device)
     for b in range(count.shape[0]):
         used: set[int] = set()
         for p in gains[b].argsort(descending=True).tolist():

@@ -1,0 +1,27 @@
+"""GPU checks (marked ``gpu``; skipped where no CUDA device exists)."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from dpmodels import DPGMM, fit_batched
+from dpmodels.data import PlantedMixture
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("cov", ["full", "diag"])
+def test_cuda_fit_matches_cpu_fit(cov):
+    X, labels = PlantedMixture(6, 16, cov, seed=40).sample(20_000)
+    gpu = DPGMM(truncation=20, covariance=cov, device="cuda").fit(X)
+    cpu = DPGMM(truncation=20, covariance=cov, device="cpu").fit(X)
+    assert gpu.n_active_ == cpu.n_active_ == 6
+    assert adjusted_rand_score(labels, gpu.predict(X)) > 0.99
+    assert gpu.elbo_ == pytest.approx(cpu.elbo_, rel=1e-3)
+    np.testing.assert_allclose(gpu.score_samples(X[:100]), cpu.score_samples(X[:100]), atol=1e-2)
+
+
+def test_cuda_batched_fits():
+    sets = [PlantedMixture(k, 8, "full", seed=50 + k).sample(5000) for k in (3, 4, 5, 6)]
+    models = fit_batched([X for X, _ in sets], truncation=15, device="cuda")
+    assert [m.n_active_ for m in models] == [3, 4, 5, 6]
