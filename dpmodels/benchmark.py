@@ -8,6 +8,12 @@ training sets for batched fits) and one held-out set, and runs the requested met
 * ``natural_batched``: ``B`` independent fits in one :func:`dpmodels.infer.fit_natural` call,
   plus (in the same run) a single ``B = 1`` fit of the first dataset, reported as the row
   ``natural_single``; the batched row carries ``batched_over_single`` (wall-time ratio);
+* ``natural_memmap``: :class:`dpmodels.DPGMM` (natural engine) fitted from the path of an
+  ``.npy`` file, which the library memory-maps and reads chunk by chunk. The training points are
+  written to a temporary file chunk by chunk (the parent never holds them whole), the fit runs in a
+  child process, and the row carries that child's peak resident memory (``peak_rss_mib``, measured
+  after the fit; it includes the pages of the memory-mapped file that were resident). The ARI uses
+  the first :data:`MEMMAP_ARI_ROWS` points of the file;
 * ``pyro``: :class:`dpmodels.DPGMM` with the generic Pyro SVI engine (reference, slow);
 * ``sklearn``: scikit-learn's ``BayesianGaussianMixture`` with a Dirichlet-process prior.
 
@@ -28,7 +34,10 @@ import io
 import json
 import os
 import platform
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -62,12 +71,14 @@ __all__ = [
     "write_results",
 ]
 
-METHODS = ("natural", "natural_batched", "pyro", "sklearn")
+METHODS = ("natural", "natural_batched", "natural_memmap", "pyro", "sklearn")
+IN_MEMORY_METHODS = ("natural", "natural_batched", "pyro", "sklearn")  # those that need the points in RAM
 ROW_FIELDS = tuple(
     "case method device N D K covariance B n_clusters wall_seconds heldout_loglik true_heldout_loglik ari "
-    "n_active converged speedup_vs_sklearn batched_over_single error".split()
+    "n_active converged speedup_vs_sklearn batched_over_single peak_rss_mib error".split()
 )
 ACTIVE_THRESHOLD = 0.01  # share of the fitted points a component must explain to count as active
+MEMMAP_ARI_ROWS = 200_000  # natural_memmap: the ARI is computed on (at most) this many leading points
 
 Log = Callable[[str], None]
 
@@ -136,7 +147,9 @@ class BenchmarkSettings:
 @dataclass
 class Problem:
     """Data of one case: ``train[b] = (X (N, D) float64, labels (N,))`` for ``b < B`` (all methods but
-    ``natural_batched`` use ``train[0]``), a held-out set, and the true held-out log density."""
+    ``natural_batched`` use ``train[0]``; empty when the case runs only ``natural_memmap``, which
+    draws the same points again straight into a file), a held-out set, and the true held-out log
+    density."""
 
     mixture: PlantedMixture
     train: list[tuple[np.ndarray, np.ndarray]]
@@ -161,23 +174,30 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def _draw(mixture: PlantedMixture, n_points: int, key: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """``n_points`` draws in chunks (``PlantedMixture.sample`` holds an ``(n, D, D)`` temporary)."""
+def _draw_chunks(
+    mixture: PlantedMixture, n_points: int, key: Sequence[int]
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(start, X (n, D) float64, labels (n,))`` for ``n_points`` draws, chunk ``i`` seeded by
+    ``(*key, i)``: the same ``key`` gives the same points whether they are kept or streamed."""
     D = mixture.n_features
     chunk = max(1024, 2**24 // (D * D))
-    xs, ys = [], []
     for i, start in enumerate(range(0, n_points, chunk)):
         seed = int(np.random.SeedSequence([*key, i]).generate_state(1)[0])
         X, y = mixture.sample(min(chunk, n_points - start), seed=seed)
-        xs.append(X)
-        ys.append(y)
-    return np.concatenate(xs), np.concatenate(ys)
+        yield start, X, y
+
+
+def _draw(mixture: PlantedMixture, n_points: int, key: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``n_points`` draws, made in chunks (bounded temporaries) and concatenated."""
+    parts = list(_draw_chunks(mixture, n_points, key))
+    return np.concatenate([X for _, X, _ in parts]), np.concatenate([y for _, _, y in parts])
 
 
 def make_problem(case: BenchmarkCase, heldout_points: int) -> Problem:
     """Plant the case's mixture (seeded by ``case.seed``) and draw its training and held-out sets."""
     mixture = PlantedMixture(case.n_clusters, case.n_features, covariance=case.covariance, seed=case.seed)
-    n_sets = case.n_fits if "natural_batched" in case.methods else 1
+    in_memory = any(m in IN_MEMORY_METHODS for m in case.methods)
+    n_sets = case.n_fits if "natural_batched" in case.methods else int(in_memory)
     train = [_draw(mixture, case.n_points, (case.seed, 1, b)) for b in range(n_sets)]
     X_test, y_test = _draw(mixture, heldout_points, (case.seed, 2))
     true_ll = float(mixture.log_density(X_test).mean())
@@ -327,22 +347,175 @@ def _run_sklearn(case: BenchmarkCase, problem: Problem, threads: int | None) -> 
     )
 
 
+def _write_training_file(case: BenchmarkCase, mixture: PlantedMixture, path: Path) -> np.ndarray:
+    """Write the case's training points (those of ``make_problem``'s ``train[0]``) to the ``.npy``
+    file ``path`` as float32, one chunk at a time; returns the labels of the first
+    ``min(N, MEMMAP_ARI_ROWS)`` points (the others are dropped as they are written)."""
+    n_keep = min(case.n_points, MEMMAP_ARI_ROWS)
+    shape = (case.n_points, case.n_features)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    labels = []
+    try:
+        for start, X, y in _draw_chunks(mixture, case.n_points, (case.seed, 1, 0)):
+            out[start : start + len(X)] = X
+            if start < n_keep:
+                labels.append(y[: n_keep - start])
+        out.flush()
+    finally:
+        del out  # unmap before the file is read by the child (and removed)
+    return np.concatenate(labels)
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB (``ru_maxrss`` is in KiB on Linux and
+    in bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024**2 if sys.platform == "darwin" else peak / 1024
+
+
+def _rss_breakdown_mib() -> dict[str, float]:
+    """Current anonymous and file-backed resident memory in MiB where ``/proc`` tells (Linux)."""
+    out = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "RssFile"):
+                    out[key] = int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def _memmap_child(job_path: str) -> None:
+    """The child-process side of ``natural_memmap``: read the job (JSON at ``job_path``), fit
+    :class:`DPGMM` to the path of the training file, and write the results as JSON to the job's
+    ``result`` path. Only this fit and the bare imports run in the process, so its peak resident
+    memory is that of the memory-mapped fit."""
+    job = json.loads(Path(job_path).read_text())
+    if job["threads"] is not None:
+        torch.set_num_threads(int(job["threads"]))
+    device = torch.device(job["device"])
+    model = DPGMM(
+        truncation=job["truncation"],
+        covariance=job["covariance"],
+        batch_size=job["batch_size"],
+        seed=job["seed"],
+        device=job["device"],
+        max_iter=job["max_iter"],
+        active_threshold=ACTIVE_THRESHOLD,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        _, seconds = _timed(lambda: model.fit(job["train"]), device)
+    peak = _peak_rss_mib()
+    rss_after_fit = _rss_breakdown_mib()
+    heldout = model.score(np.load(job["heldout"]))
+    head = np.array(np.load(job["train"], mmap_mode="r")[: job["ari_rows"]])
+    result = {
+        "wall_seconds": seconds,
+        "peak_rss_mib": peak,
+        "rss_after_fit_mib": rss_after_fit,
+        "heldout_loglik": heldout,
+        "labels": model.predict(head).tolist(),
+        "n_active": model.n_active_,
+        "converged": model.converged_,
+        "n_iter": model.n_iter_,
+    }
+    Path(job["result"]).write_text(json.dumps(result))
+
+
+_CHILD_CODE = "import sys; from dpmodels.benchmark import _memmap_child; _memmap_child(sys.argv[1])"
+
+
+def _run_natural_memmap(
+    case: BenchmarkCase, problem: Problem, device: torch.device, threads: int | None, log: Log
+) -> dict:
+    """Write the training points to a temporary ``.npy`` file, fit from its path in a child process,
+    and report the child's fit time and peak resident memory; the file is removed afterwards."""
+    batch = _batch(case)
+    with tempfile.TemporaryDirectory(prefix="dpmodels-memmap-") as tmp:
+        tmp_dir = Path(tmp)
+        train, heldout = tmp_dir / "train.npy", tmp_dir / "heldout.npy"
+        start = time.perf_counter()
+        labels = _write_training_file(case, problem.mixture, train)
+        log(
+            f"[{case.name}] natural_memmap: wrote {train.stat().st_size / 2**30:.2f} GiB of training points "
+            f"in {time.perf_counter() - start:.1f} s; fitting from the file in a child process"
+        )
+        np.save(heldout, problem.X_test)
+        job = {
+            "train": str(train),
+            "heldout": str(heldout),
+            "result": str(tmp_dir / "result.json"),
+            "ari_rows": len(labels),
+            "truncation": case.truncation,
+            "covariance": case.covariance,
+            "batch_size": batch,
+            "seed": case.seed,
+            "max_iter": case.max_iter,
+            "device": str(device),
+            "threads": threads,
+        }
+        job_path = tmp_dir / "job.json"
+        job_path.write_text(json.dumps(job))
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[1])  # so the child imports this dpmodels
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(int(threads))
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD_CODE, str(job_path)], env=env, capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            tail = proc.stderr.strip().splitlines()[-15:]
+            how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+            raise RuntimeError(f"the memmap fit process failed ({how}): " + " | ".join(tail))
+        result = json.loads(Path(job["result"]).read_text())
+    breakdown = ", ".join(f"{k} {v:.0f}" for k, v in result["rss_after_fit_mib"].items())
+    log(
+        f"[{case.name}] natural_memmap child: peak RSS {result['peak_rss_mib']:.0f} MiB, "
+        f"after the fit (MiB): {breakdown or 'n/a'}; {result['n_iter']} iterations"
+    )
+    return _row(
+        case,
+        "natural_memmap",
+        device,
+        1,
+        result["wall_seconds"],
+        heldout_loglik=result["heldout_loglik"],
+        ari=_ari(labels, np.asarray(result["labels"])),
+        n_active=result["n_active"],
+        converged=result["converged"],
+        peak_rss_mib=result["peak_rss_mib"],
+    )
+
+
 def _progress_line(row: dict) -> str:
+    rss = "" if row["peak_rss_mib"] is None else f", peak RSS {row['peak_rss_mib']:.0f} MiB"
     return (
         f"[{row['case']}] {row['method']:<15} N={row['N']} D={row['D']} K={row['K']} B={row['B']} "
         f"on {row['device']}: {row['wall_seconds']:.2f} s, held-out {row['heldout_loglik']:.3f} nats/pt, "
-        f"ARI {row['ari']:.3f}, active {row['n_active']:g}" + ("" if row["converged"] else " (not converged)")
+        f"ARI {row['ari']:.3f}, active {row['n_active']:g}{rss}"
+        + ("" if row["converged"] else " (not converged)")
     )
 
 
 def _run_method(
-    method: str, case: BenchmarkCase, problem: Problem, device: torch.device, threads: int | None
+    method: str,
+    case: BenchmarkCase,
+    problem: Problem,
+    device: torch.device,
+    threads: int | None,
+    log: Log = _stderr,
 ) -> list[dict]:
     with _quiet():
         if method in ("natural", "pyro"):
             return [_run_dpgmm(case, problem, device, method)]
         if method == "natural_batched":
             return _run_natural_batched(case, problem, device)
+        if method == "natural_memmap":
+            return [_run_natural_memmap(case, problem, device, threads, log)]
         return [_run_sklearn(case, problem, threads)]
 
 
@@ -354,7 +527,7 @@ def run_case(case: BenchmarkCase, settings: BenchmarkSettings, log: Log = _stder
     for method in case.methods:
         start = time.perf_counter()
         try:
-            new = _run_method(method, case, problem, device, settings.threads)
+            new = _run_method(method, case, problem, device, settings.threads, log)
         except Exception as err:  # noqa: BLE001 - one failing method must not lose the others' timings
             if settings.fail_fast:
                 raise
@@ -434,6 +607,7 @@ _COLUMNS = (  # header, row key, format
     ("conv", "converged", ""),
     ("vs sklearn", "speedup_vs_sklearn", ".2f"),
     ("batch/single", "batched_over_single", ".2f"),
+    ("peak RSS MiB", "peak_rss_mib", ".0f"),
 )
 
 

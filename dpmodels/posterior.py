@@ -12,7 +12,6 @@ import torch
 from torch import Tensor
 
 from .models.base_measure import BaseMeasure
-from .models.distributions import Wishart
 from .models.dpgmm import ModelSpec
 from .models.family import (
     VariationalParams,
@@ -25,6 +24,27 @@ from .models.guide import assignment_log_probs
 from .priors import log_gamma_sample, log_stick_breaking, log_sticks_from_gammas
 
 __all__ = ["MixturePosterior"]
+
+
+def _normal_wishart_draws(p: VariationalParams, S: tuple) -> tuple[Tensor, Tensor, Tensor]:
+    """Draws of ``(Lambda, Lambda^-1, mu)`` from ``q`` by the Bartlett decomposition, in float64.
+
+    ``Lambda = T T^T`` with ``T = chol(Psi^-1) A`` lower triangular, so ``Lambda^-1`` and the mean's
+    noise come from triangular solves: no inversion of a nearly singular draw (unused components
+    have ``nu`` close to ``D``)."""
+    D, f64 = p.num_features, torch.float64
+    tril = torch.linalg.cholesky(torch.cholesky_inverse(p.scale_tril.to(f64)))  # chol of W = Psi^-1
+    df = p.dof.to(f64).unsqueeze(-1) - torch.arange(D, dtype=f64, device=tril.device)  # (B, K, D)
+    diag = torch.sqrt(2.0 * torch._standard_gamma(0.5 * df.expand(S + df.shape)))  # sqrt chi2
+    A = torch.randn(S + tril.shape, dtype=f64, device=tril.device).tril(-1) + torch.diag_embed(diag)
+    T = tril @ A  # (S, B, K, D, D), lower triangular
+    prec = T @ T.transpose(-1, -2)
+    cov = torch.cholesky_inverse(T)
+    eps = torch.randn(S + p.mean.shape, dtype=f64, device=tril.device).unsqueeze(-1)
+    noise = torch.linalg.solve_triangular(T.transpose(-1, -2), eps, upper=True).squeeze(-1)
+    means = p.mean.to(f64) + noise / torch.sqrt(p.mean_precision.to(f64)).unsqueeze(-1)
+    dtype = p.mean.dtype
+    return prec.to(dtype), cov.to(dtype), means.to(dtype)
 
 
 class MixturePosterior:
@@ -183,12 +203,7 @@ class MixturePosterior:
                 )
                 log_w = log_stick_breaking(log_v, log1m_v)
             if p.covariance == "full":
-                psi = p.scale_tril @ p.scale_tril.transpose(-1, -2)
-                prec = Wishart(p.dof, precision_matrix=psi).rsample(S)  # (S, B, K, D, D)
-                cov = torch.linalg.inv(prec)
-                scale_tril = torch.linalg.cholesky(cov / p.mean_precision[..., None, None])
-                eps = torch.randn(S + p.mean.shape, dtype=p.mean.dtype, device=p.mean.device)
-                means = p.mean + (scale_tril @ eps.unsqueeze(-1)).squeeze(-1)  # (S, B, K, D)
+                prec, cov, means = _normal_wishart_draws(p, S)
             else:
                 shape = 0.5 * p.dof.unsqueeze(-1).expand_as(p.scale)
                 prec = torch.distributions.Gamma(shape, 0.5 * p.scale).sample(S)  # (S, B, K, D)

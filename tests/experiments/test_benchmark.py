@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,19 @@ def test_tiny_run_on_gpu(tmp_path, keep_threads):
     rows = run(cfg, tmp_path)
     check_rows(rows)
     assert {r["device"] for r in rows if r["method"] != "sklearn"} == {"cuda"}
+
+
+def test_memmap_fit_runs_in_a_child_and_removes_its_file(tmp_path, keep_threads, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where TemporaryDirectory puts the file
+    cfg = compose_benchmark([tiny_case("natural,natural_memmap", n_points=3000), *TINY])
+    rows = run(cfg, tmp_path / "out")
+    check_rows(rows)
+    natural, memmap = rows
+    assert memmap["method"] == "natural_memmap" and natural["peak_rss_mib"] is None
+    assert memmap["peak_rss_mib"] > 0 and memmap["wall_seconds"] > 0
+    assert -1.0 <= memmap["ari"] <= 1.0
+    # the file holds the very points the in-memory fit saw (as float32): the same clusters come back
+    assert memmap["ari"] > 0.9 and memmap["n_active"] == natural["n_active"]
+    assert not list(scratch.iterdir())  # the temporary directory and its .npy file are gone
