@@ -350,19 +350,19 @@ def _run_sklearn(case: BenchmarkCase, problem: Problem, threads: int | None) -> 
 def _write_training_file(case: BenchmarkCase, mixture: PlantedMixture, path: Path) -> np.ndarray:
     """Write the case's training points (those of ``make_problem``'s ``train[0]``) to the ``.npy``
     file ``path`` as float32, one chunk at a time; returns the labels of the first
-    ``min(N, MEMMAP_ARI_ROWS)`` points (the others are dropped as they are written)."""
+    ``min(N, MEMMAP_ARI_ROWS)`` points (the others are dropped as they are written).
+
+    Plain sequential writes rather than a writable memory map, so that the written pages never
+    count in this process's resident memory."""
     n_keep = min(case.n_points, MEMMAP_ARI_ROWS)
-    shape = (case.n_points, case.n_features)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}
     labels = []
-    try:
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {**header, "shape": (case.n_points, case.n_features)})
         for start, X, y in _draw_chunks(mixture, case.n_points, (case.seed, 1, 0)):
-            out[start : start + len(X)] = X
+            f.write(np.ascontiguousarray(X, dtype=np.float32).tobytes())
             if start < n_keep:
                 labels.append(y[: n_keep - start])
-        out.flush()
-    finally:
-        del out  # unmap before the file is read by the child (and removed)
     return np.concatenate(labels)
 
 
@@ -374,17 +374,45 @@ def _peak_rss_mib() -> float:
 
 
 def _rss_breakdown_mib() -> dict[str, float]:
-    """Current anonymous and file-backed resident memory in MiB where ``/proc`` tells (Linux)."""
+    """Current anonymous and file-backed resident memory (``RssAnon``, ``RssFile``) in MiB where
+    ``/proc`` tells (Linux); empty elsewhere."""
     out = {}
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key in ("VmRSS", "RssAnon", "RssFile"):
+                if key in ("RssAnon", "RssFile"):
                     out[key] = int(value.split()[0]) / 1024
     except OSError:
         pass
     return out
+
+
+class _RssSampler:
+    """Highest ``RssAnon`` and ``RssFile`` seen while the ``with`` block runs, sampled every
+    ``interval`` seconds in a thread (the kernel keeps a peak of their sum only)."""
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+
+        self.interval, self.peak = interval, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            for key, value in _rss_breakdown_mib().items():
+                self.peak[key] = max(value, self.peak.get(key, 0.0))
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _memmap_child(job_path: str) -> None:
@@ -405,17 +433,16 @@ def _memmap_child(job_path: str) -> None:
         max_iter=job["max_iter"],
         active_threshold=ACTIVE_THRESHOLD,
     )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _RssSampler() as sampler:
         warnings.simplefilter("ignore", ConvergenceWarning)
         _, seconds = _timed(lambda: model.fit(job["train"]), device)
     peak = _peak_rss_mib()
-    rss_after_fit = _rss_breakdown_mib()
     heldout = model.score(np.load(job["heldout"]))
     head = np.array(np.load(job["train"], mmap_mode="r")[: job["ari_rows"]])
     result = {
         "wall_seconds": seconds,
         "peak_rss_mib": peak,
-        "rss_after_fit_mib": rss_after_fit,
+        "peak_parts_mib": sampler.peak,
         "heldout_loglik": heldout,
         "labels": model.predict(head).tolist(),
         "n_active": model.n_active_,
@@ -472,10 +499,11 @@ def _run_natural_memmap(
             how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
             raise RuntimeError(f"the memmap fit process failed ({how}): " + " | ".join(tail))
         result = json.loads(Path(job["result"]).read_text())
-    breakdown = ", ".join(f"{k} {v:.0f}" for k, v in result["rss_after_fit_mib"].items())
+    parts = ", ".join(f"{k} {v:.0f}" for k, v in result["peak_parts_mib"].items())
     log(
-        f"[{case.name}] natural_memmap child: peak RSS {result['peak_rss_mib']:.0f} MiB, "
-        f"after the fit (MiB): {breakdown or 'n/a'}; {result['n_iter']} iterations"
+        f"[{case.name}] natural_memmap child: peak RSS {result['peak_rss_mib']:.0f} MiB; sampled peaks "
+        f"during the fit (MiB): {parts or 'n/a'} (RssFile includes the mapped file's resident pages); "
+        f"{result['n_iter']} full-data iterations"
     )
     return _row(
         case,

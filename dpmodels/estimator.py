@@ -47,7 +47,7 @@ class DPGMM:
     active_threshold : share of the data a component must explain to count in ``n_active_``.
     mean_precision, dof, scale : base-measure overrides (defaults follow the data).
     progress : show a progress bar while fitting.
-    chunk_size : points per E-step chunk (``None``: sized to keep temporaries near 64 MiB).
+    chunk_size : points per E-step chunk (``None``: sized to keep temporaries near 16 MiB).
     """
 
     def __init__(
@@ -134,7 +134,7 @@ class DPGMM:
         an ``np.memmap``), which is read in chunks and never loaded whole. Returns ``self``."""
         source = self._source(X)
         N, D = source.shape[1:]
-        data = PointSource(source.data, repeat=self.n_restarts)  # (B, N, D), restarts share memory
+        data = PointSource(source, repeat=self.n_restarts)  # (B, N, D), restarts share memory
         base = empirical_base_measure(
             source, self.covariance, mean_precision=self.mean_precision, dof=self.dof, scale=self.scale
         )

@@ -26,6 +26,11 @@ class PointSource:
     """
 
     def __init__(self, data, repeat: int = 1, name: str = "X"):
+        self.path: Path | None = None
+        if isinstance(data, PointSource):
+            self.path, data = data.path, data.data
+        if isinstance(data, np.memmap) and data.filename and data.ndim == 2 and data.offset == 0:
+            data = Path(data.filename) if Path(data.filename).suffix == ".npy" else data
         if isinstance(data, (str, Path)):
             path = Path(data)
             if not path.is_file():
@@ -36,6 +41,7 @@ class PointSource:
                 data = np.load(path, mmap_mode="r")
             except ValueError as err:
                 raise ValueError(f"{name}: {str(path)!r} is not a readable .npy array ({err}).") from err
+            self.path = path
         if isinstance(data, Tensor):
             data = data.detach()
         elif not isinstance(data, np.ndarray):
@@ -74,9 +80,19 @@ class PointSource:
     def __getitem__(self, key) -> Tensor:
         if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], Tensor):
             key = (key[0], key[1].cpu().numpy() if not isinstance(self.data, Tensor) else key[1])
-        chunk = self.data[key]
-        if not isinstance(chunk, Tensor):
-            chunk = torch.from_numpy(np.array(chunk))  # a copy of just this chunk
+        if self.path is not None:
+            # a fresh mapping per read, dropped right after: pages read from disk do not stay in
+            # this process's resident memory (the OS page cache keeps them if it has room)
+            mapped = np.load(self.path, mmap_mode="r")
+            view = mapped[None] if mapped.ndim == 2 else mapped
+            if self.shape[0] > view.shape[0]:
+                view = np.broadcast_to(view, (self.shape[0],) + view.shape[1:])
+            chunk = torch.from_numpy(np.array(view[key]))
+            del view, mapped
+        else:
+            chunk = self.data[key]
+            if not isinstance(chunk, Tensor):
+                chunk = torch.from_numpy(np.array(chunk))  # a copy of just this chunk
         return chunk.to(self.dtype)
 
     def chunks(self, chunk_size: int):

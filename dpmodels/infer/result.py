@@ -42,9 +42,9 @@ class FitResult:
     info: dict = field(default_factory=dict)
 
 
-def auto_chunk_size(batch: int, truncation: int, features: int, budget: int = 2**24) -> int:
+def auto_chunk_size(batch: int, truncation: int, features: int, budget: int = 2**22) -> int:
     """Points per E-step chunk so that a temporary of ``B * truncation * features`` values per
-    point stays near ``budget`` elements (64 MiB in float32)."""
+    point stays near ``budget`` elements (16 MiB in float32)."""
     return int(max(256, budget // max(1, batch * truncation * max(features, 1))))
 
 

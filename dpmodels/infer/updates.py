@@ -65,6 +65,35 @@ class Stats:
         return Stats(take(self.count), take(self.s1), take(self.s2), self.entropy)
 
 
+STATS_BLOCK = 2048
+
+
+def _blocked_sums(r: Tensor, x: Tensor, phi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``sum_n r_nk`` ``(B, K)``, ``sum_n r_nk x_n`` ``(B, K, D)`` and ``sum_n r_nk phi_n`` in float64.
+
+    Sums run in float32 over blocks of at most ``STATS_BLOCK`` points and in float64 across
+    blocks, so a long chunk does not lose the digits that the scatter ``S2 - S1 S1^T / N`` needs
+    when clusters sit far from the centre. Blocks are views (no copies)."""
+    B, n, K = r.shape
+    full = (n // STATS_BLOCK) * STATS_BLOCK
+    parts = [(0, full, STATS_BLOCK)] if full else []
+    if n > full:
+        parts.append((full, n, n - full))
+    count = s1 = s2 = 0.0
+    for start, stop, size in parts:
+        nb = (stop - start) // size
+        r_b = r[:, start:stop].reshape(B * nb, size, K).transpose(1, 2)  # (B nb, K, size)
+
+        def block_sum(f: Tensor, r_b=r_b, start=start, stop=stop, nb=nb, size=size) -> Tensor:
+            f_b = f[:, start:stop].reshape(B * nb, size, f.shape[-1])
+            return (r_b @ f_b).reshape(B, nb, K, -1).double().sum(1)
+
+        count = count + r_b.sum(-1).reshape(B, nb, K).double().sum(1)
+        s1 = s1 + block_sum(x)
+        s2 = s2 + block_sum(phi)
+    return count, s1, s2
+
+
 def e_step(params: VariationalParams, x: Tensor, e_log_pi: Tensor | None = None) -> tuple[Stats, Tensor]:
     """Responsibilities and statistics of a centred chunk ``x (B, n, D)``.
 
@@ -74,14 +103,11 @@ def e_step(params: VariationalParams, x: Tensor, e_log_pi: Tensor | None = None)
     phi = second_moments(x, params.covariance)  # (B, n, D*D) or (B, n, D)
     log_r = assignment_log_probs(params, x, e_log_pi, phi)  # (B, n, K)
     r = log_r.exp()
-    r_t = r.transpose(1, 2)  # (B, K, n)
-    count = r_t.sum(-1)
-    s1 = r_t @ x  # (B, K, D)
-    s2 = r_t @ phi  # (B, K, D*D) or (B, K, D)
+    count, s1, s2 = _blocked_sums(r, x, phi)
     if params.covariance == "full":
         s2 = s2.reshape(B, -1, D, D)
-    entropy = -torch.where(r > 0, r * log_r, torch.zeros_like(r)).sum((1, 2))  # (B,)
-    return Stats(count.double(), s1.double(), s2.double(), entropy.double()), log_r
+    entropy = -torch.where(r > 0, r * log_r, torch.zeros_like(r)).double().sum((1, 2))  # (B,)
+    return Stats(count, s1, s2, entropy), log_r
 
 
 def m_step(

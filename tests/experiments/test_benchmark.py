@@ -104,9 +104,11 @@ def test_every_preset_composes_to_valid_settings(preset):
 
 def test_default_preset_is_quick_and_presets_cover_the_issue():
     assert OmegaConf.to_object(compose_benchmark([])).cases[0].name.startswith("quick")
-    assert {"full_cov", "diag", "pyro", "batched", "gpu"} <= set(PRESETS)
+    assert {"full_cov", "diag", "pyro", "batched", "gpu", "memmap"} <= set(PRESETS)
     gpu = OmegaConf.to_object(compose_benchmark(["preset=gpu"]))
     assert gpu.device == "cuda" and gpu.cases[0].n_points == 1_000_000
+    memmap = OmegaConf.to_object(compose_benchmark(["preset=memmap"])).cases[0]
+    assert memmap.methods == ["natural_memmap"] and memmap.n_points == 10_000_000
 
 
 def test_misspelled_keys_and_unknown_methods_are_errors():
