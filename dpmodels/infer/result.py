@@ -72,11 +72,12 @@ def full_pass(
         stats, log_r = e_step(params_c, x, e_log_pi)
         total = stats if total is None else total + stats
         if pairs is not None:
-            r = log_r.double().exp()  # (B, n, K)
-            comp = comp + xlogx(r).sum(1)
-            idx = pairs.unsqueeze(1).expand(-1, r.shape[1], -1, -1)  # (B, n, P, 2)
-            both = torch.gather(r, 2, idx[..., 0]) + torch.gather(r, 2, idx[..., 1])  # (B, n, P)
-            pair = pair + xlogx(both).sum(1)
+            for sub in range(0, log_r.shape[1], 8192):  # (B, 8192, P) temporaries at most
+                r = log_r[:, sub : sub + 8192].double().exp()  # (B, m, K)
+                comp = comp + xlogx(r).sum(1)
+                idx = pairs.unsqueeze(1).expand(-1, r.shape[1], -1, -1)  # (B, m, P, 2)
+                both = torch.gather(r, 2, idx[..., 0]) + torch.gather(r, 2, idx[..., 1])  # (B, m, P)
+                pair = pair + xlogx(both).sum(1)
     if pairs is None:
         return total
     return total, comp, pair
