@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..models.family import second_moments
 from .updates import Stats
 
 __all__ = ["kmeans_plusplus", "lloyd", "initial_stats"]
@@ -70,18 +71,19 @@ def initial_stats(
     """
     B, n, D = x.shape
     C = min(n_clusters or truncation, truncation, n)
-    centres = kmeans_plusplus(x, C, generator)
-    _, labels = lloyd(x, centres, lloyd_iter)
+    x32 = x.float()  # seeding and Lloyd in float32; the statistics below in float64
+    centres = kmeans_plusplus(x32, C, generator)
+    _, labels = lloyd(x32, centres, lloyd_iter)
+    counts = torch.nn.functional.one_hot(labels, truncation).sum(1)  # (B, K)
+    rank = torch.empty_like(counts)
+    rank.scatter_(1, counts.argsort(dim=-1, descending=True), torch.arange(truncation).expand_as(counts))
+    labels = torch.gather(rank, 1, labels)  # relabel: largest cluster first
     onehot = torch.nn.functional.one_hot(labels, truncation).double()  # (B, n, K)
-    counts = onehot.sum(1)  # (B, K)
-    order = counts.argsort(dim=-1, descending=True)
-    onehot = torch.gather(onehot, 2, order.unsqueeze(1).expand_as(onehot))
     x64 = x.double()
     r_t = onehot.transpose(1, 2)  # (B, K, n)
     s1 = r_t @ x64
+    s2 = r_t @ second_moments(x64, covariance)  # (B, K, D*D) or (B, K, D)
     if covariance == "full":
-        s2 = (r_t.unsqueeze(-1) * x64.unsqueeze(1)).transpose(-1, -2) @ x64.unsqueeze(1)
-    else:
-        s2 = r_t @ (x64 * x64)
+        s2 = s2.reshape(B, truncation, D, D)
     stats = Stats(r_t.sum(-1), s1, s2, torch.zeros(B, dtype=torch.float64, device=x.device))
     return stats.scale(num_points / n)

@@ -128,6 +128,85 @@ def _minibatch_phase(data, shift, params, base_c, spec, opts, generator, device,
     return params, step
 
 
+def _subset(params: VariationalParams, base_c, shift: Tensor, fits: Tensor | None):
+    if fits is None:
+        return params, base_c, shift
+    fields = ("mean", "mean_precision", "dof", "scale")
+    return (
+        params.map(lambda t: t[fits]),
+        replace(base_c, **{f: getattr(base_c, f)[fits] for f in fields}),
+        shift[fits],
+    )
+
+
+def _scatter(params: VariationalParams, fits: Tensor | None, new: VariationalParams) -> VariationalParams:
+    if fits is None:
+        return new
+    out = params.map(lambda t: t.clone())
+    for name, t in new.tensors().items():
+        getattr(out, name)[fits] = t
+    return out
+
+
+def _full_batch_phase(data, shift, params, base_c, spec, opts, passes, chunk, device, dtype, tracker, bar):
+    """Coordinate ascent with merge checks, fit by fit: a fit that has converged (small ELBO change
+    and no merge left that raises its ELBO) drops out of the computation while the others go on."""
+    B, N = data.shape[0], data.shape[1]
+    active = torch.ones(B, dtype=torch.bool)
+    want_check = torch.zeros(B, dtype=torch.bool)
+    rounds = torch.zeros(B, dtype=torch.long)
+    elbo = torch.full((B,), -torch.inf, dtype=torch.float64, device=device)
+    counts = torch.zeros(B, spec.truncation, dtype=torch.float64, device=device)
+    last = torch.full((B,), torch.inf, dtype=torch.float64)
+    steps, n_merges = 0, 0
+    for it in range(passes):
+        act = active.nonzero().flatten()
+        if len(act) == 0:
+            break
+        fits = None if len(act) == B else act.to(device)
+        p_sub, b_sub, s_sub = _subset(params, base_c, shift, fits)
+        can_merge = opts.merge & (rounds[act] < opts.max_merge_rounds)
+        due = it > 0 and it % opts.merge_every == 0
+        check = can_merge & (want_check[act] | due)
+        if bool(check.any()):
+            pairs, valid = candidate_pairs(p_sub, counts if fits is None else counts[fits])
+            stats, comp, pair = full_pass(data, s_sub, p_sub, chunk, device, dtype, pairs, fits)
+        else:
+            stats = full_pass(data, s_sub, p_sub, chunk, device, dtype, fits=fits)
+        new, new_elbo = _m_step_sorted(stats, p_sub, b_sub, spec, opts.sort_components)
+        merged = torch.zeros(len(act), dtype=torch.bool)
+        if bool(check.any()):
+            new, new_elbo, n_merged = try_merges(
+                stats, comp, pair, pairs, valid, new, new_elbo, p_sub, b_sub, spec.prior
+            )
+            merged = (n_merged > 0).cpu()
+            n_merges += int(n_merged.sum())
+            rounds[act] += check.long()
+        params = _scatter(params, fits, new)
+        idx = slice(None) if fits is None else fits
+        change = ((new_elbo - elbo[idx]).abs() / N).cpu()
+        elbo[idx], counts[idx] = new_elbo, stats.count
+        last[act] = change
+        small = change < opts.tol
+        done = small & ~merged & (check | ~can_merge)
+        want_check[act] = small & can_merge & ~check
+        active[act[done]] = False
+        tracker.history.append((elbo / N).cpu().clone())
+        steps += 1
+        bar.update(1)
+        bar.set_postfix(elbo_per_point=f"{float(elbo.mean() / N):.4f}", active=int(active.sum()))
+    finite = last[torch.isfinite(last)]
+    return (
+        params,
+        elbo,
+        counts,
+        ~active,
+        steps,
+        n_merges,
+        float(finite.max()) if len(finite) else float("nan"),
+    )
+
+
 def _warm_start(data, spec, generator, seed, opts, device):
     """Fit a random subsample completely; its posterior (in centred float64) starts the full fit."""
     N, n = data.shape[1], opts.warm_start_points
@@ -176,62 +255,27 @@ def fit_natural(
                 data, shift, params, base_c, spec, opts, generator, device, dtype, tracker, bar
             )
         passes = opts.final_passes if minibatch else opts.max_iter
-        full_tracker = _Tracker(N, opts.tol)
-        counts = None
-        check_merges, merge_rounds, n_merges = False, 0, 0
-        for it in range(passes):
-            due = (
-                opts.merge and it > 0 and it % opts.merge_every == 0 and merge_rounds < opts.max_merge_rounds
-            )
-            check_merges = check_merges or due
-            if check_merges:
-                pairs, valid = candidate_pairs(params, counts)
-                stats, comp, pair = full_pass(data, shift, params, chunk, device, dtype, pairs)
-            else:
-                stats = full_pass(data, shift, params, chunk, device, dtype)
-            previous = params
-            params, elbo = _m_step_sorted(stats, params, base_c, spec, opts.sort_components)
-            if check_merges:
-                params, elbo, merged = try_merges(
-                    stats, comp, pair, pairs, valid, params, elbo, previous, base_c, spec.prior
-                )
-            counts = stats.count
-            small_change = full_tracker.add(elbo)
-            tracker.history.append(full_tracker.history[-1])
-            n_steps += 1
-            bar.update(1)
-            bar.set_postfix(elbo_per_point=f"{float(full_tracker.history[-1].mean()):.4f}")
-            if check_merges:
-                check_merges = False
-                merge_rounds += 1
-                n_merges += int(merged.sum())
-                if not bool(merged.any()) and small_change:
-                    converged = True
-                    break
-            elif small_change:
-                if opts.merge and merge_rounds < opts.max_merge_rounds:
-                    check_merges = True
-                else:
-                    converged = True
-                    break
+        params, elbo, counts, conv, steps, n_merges, last_change = _full_batch_phase(
+            data, shift, params, base_c, spec, opts, passes, chunk, device, dtype, tracker, bar
+        )
+        n_steps += steps
+    converged = bool(conv.all())
     if not converged:
-        change = full_tracker.change
         warnings.warn(
-            f"natural VI stopped after {n_steps} steps without converging: last ELBO change "
-            f"{float(change.max()) if change is not None else float('nan'):.2e} nats/point > tol={opts.tol:.0e}; "
+            f"natural VI stopped after {n_steps} steps without converging ({int((~conv).sum())} of {B} fits): "
+            f"last ELBO change {last_change:.2e} nats/point > tol={opts.tol:.0e}; "
             "raise max_iter (or final_passes) or loosen tol.",
             ConvergenceWarning,
             stacklevel=2,
         )
     out = params.map(lambda t: t.to(dtype))
     out.mean = (params.mean + shift.unsqueeze(1)).to(dtype)
-    conv = torch.full((B,), bool(converged))
     return FitResult(
         params=out,
         spec=spec,
         elbo=elbo.cpu(),
         elbo_history=torch.stack(tracker.history),
-        counts=stats.count.to(dtype).cpu(),
+        counts=counts.to(dtype).cpu(),
         num_points=N,
         n_iter=n_steps,
         converged=conv,

@@ -56,19 +56,25 @@ def full_pass(
     device: torch.device,
     dtype: torch.dtype,
     pairs: Tensor | None = None,
+    fits: Tensor | None = None,
 ):
     """Statistics of all of ``data (B, N, D)`` (any device), centred at ``shift (B, D)``.
 
     With ``pairs (B, P, 2)`` also returns ``sum_n r log r`` per component ``(B, K)`` and
     ``sum_n (r_j + r_k) log(r_j + r_k)`` per pair ``(B, P)`` (for merge moves):
-    ``(stats, comp_xlogx, pair_xlogx)``.
+    ``(stats, comp_xlogx, pair_xlogx)``. ``fits`` restricts the pass to those fits (``shift`` and
+    ``params`` must already be restricted).
     """
+    cpu_fits = None if fits is None else fits.cpu()
     params_c = params.map(lambda t: t.to(device=device, dtype=dtype))
     e_log_pi = expected_log_weights(params_c)
     shift_c = shift.to(device=device, dtype=dtype).unsqueeze(1)
     total, comp, pair = None, 0.0, 0.0
     for start in range(0, data.shape[1], chunk_size):
-        x = data[:, start : start + chunk_size].to(device=device, dtype=dtype) - shift_c
+        x = data[:, start : start + chunk_size]
+        if cpu_fits is not None:
+            x = x[cpu_fits]
+        x = x.to(device=device, dtype=dtype) - shift_c
         stats, log_r = e_step(params_c, x, e_log_pi)
         total = stats if total is None else total + stats
         if pairs is not None:
