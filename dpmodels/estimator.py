@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from ._validation import NotFittedError, as_points, check_device, check_positive_int
-from .data.source import PointSource
+from .data.source import PointSource, spool
 from .infer import FitResult, NaturalOptions, PyroOptions, fit_natural, fit_pyro
 from .models.base_measure import COVARIANCE_TYPES, empirical_base_measure
 from .models.dpgmm import ModelSpec
@@ -150,6 +151,22 @@ class DPGMM:
         best = int(torch.nan_to_num(result.elbo, nan=-torch.inf).argmax())
         self._adopt(result, spec, best)
         return self
+
+    def fit_stream(self, batches, spool_dir: str | Path | None = None) -> DPGMM:
+        """Fit to a stream: an iterable of ``(n, D)`` arrays or tensors (e.g. a DataLoader of layer
+        activations), read once. The points are spooled to a float32 file in a temporary folder
+        (inside ``spool_dir`` if given; removed afterwards) and fitted from disk chunk by chunk, so
+        memory stays bounded whatever the stream's length. Returns ``self``."""
+        if isinstance(batches, (np.ndarray, torch.Tensor, str, Path)):
+            raise ValueError(
+                "fit_stream takes an iterable of (n, D) batches; use fit(X) for one array or file."
+            )
+        with tempfile.TemporaryDirectory(prefix="dpmodels-stream-", dir=spool_dir) as folder:
+            points = spool(batches, Path(folder) / "points.f32")
+            try:
+                return self.fit(points)
+            finally:
+                del points
 
     def _run(self, data, spec: ModelSpec) -> FitResult:
         fit_fn = fit_natural if self.engine == "natural" else fit_pyro

@@ -97,3 +97,28 @@ def test_fit_batched_bad_input():
         fit_batched(np.zeros((10, 2)))
     with pytest.raises(ValueError, match="n_restarts=1"):
         fit_batched([np.zeros((10, 2))], n_restarts=2)
+
+
+def test_fit_stream_spools_batches_and_matches_the_array_fit(tmp_path):
+    X, labels = PlantedMixture(3, 4, "diag", seed=24).sample(5000)
+    batches = (torch.tensor(X[i : i + 512]) for i in range(0, len(X), 512))  # a one-pass generator
+    streamed = DPGMM(truncation=10, covariance="diag", chunk_size=900).fit_stream(batches, spool_dir=tmp_path)
+    direct = DPGMM(truncation=10, covariance="diag").fit(X.astype(np.float32))
+    assert streamed.n_active_ == 3
+    assert streamed.elbo_ == pytest.approx(direct.elbo_, rel=1e-5)
+    assert list(tmp_path.iterdir()) == []  # the spool file is gone
+
+
+@pytest.mark.parametrize(
+    "batches, match",
+    [
+        ([], "yielded no points"),
+        ([np.zeros((5, 3)), np.zeros((5, 4))], "batch 1 has 4 features but the earlier batches had 3"),
+        ([np.zeros(5)], r"batch 0 has shape \(5,\)"),
+        ([np.array([[1.0, np.inf]])], "batch 0 contains NaN or Inf"),
+        (np.zeros((5, 3)), "use fit"),
+    ],
+)
+def test_bad_streams_are_clear_errors(batches, match):
+    with pytest.raises(ValueError, match=match):
+        DPGMM(truncation=3).fit_stream(batches)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["PointSource"]
+__all__ = ["PointSource", "spool"]
 
 
 class PointSource:
@@ -26,11 +26,9 @@ class PointSource:
     """
 
     def __init__(self, data, repeat: int = 1, name: str = "X"):
-        self.path: Path | None = None
+        self._mapping: tuple | None = None  # how to re-open a file-backed array for each read
         if isinstance(data, PointSource):
-            self.path, data = data.path, data.data
-        if isinstance(data, np.memmap) and data.filename and data.ndim == 2 and data.offset == 0:
-            data = Path(data.filename) if Path(data.filename).suffix == ".npy" else data
+            self._mapping, data = data._mapping, data.data
         if isinstance(data, (str, Path)):
             path = Path(data)
             if not path.is_file():
@@ -41,7 +39,8 @@ class PointSource:
                 data = np.load(path, mmap_mode="r")
             except ValueError as err:
                 raise ValueError(f"{name}: {str(path)!r} is not a readable .npy array ({err}).") from err
-            self.path = path
+        if isinstance(data, np.memmap) and data.filename and data.ndim == 2 and data.flags.c_contiguous:
+            self._mapping = (data.filename, data.dtype, data.offset, data.shape)
         if isinstance(data, Tensor):
             data = data.detach()
         elif not isinstance(data, np.ndarray):
@@ -80,11 +79,12 @@ class PointSource:
     def __getitem__(self, key) -> Tensor:
         if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], Tensor):
             key = (key[0], key[1].cpu().numpy() if not isinstance(self.data, Tensor) else key[1])
-        if self.path is not None:
+        if self._mapping is not None:
             # a fresh mapping per read, dropped right after: pages read from disk do not stay in
             # this process's resident memory (the OS page cache keeps them if it has room)
-            mapped = np.load(self.path, mmap_mode="r")
-            view = mapped[None] if mapped.ndim == 2 else mapped
+            filename, dtype, offset, shape = self._mapping
+            mapped = np.memmap(filename, dtype=dtype, mode="r", offset=offset, shape=shape)
+            view = mapped[None]
             if self.shape[0] > view.shape[0]:
                 view = np.broadcast_to(view, (self.shape[0],) + view.shape[1:])
             chunk = torch.from_numpy(np.array(view[key]))
@@ -128,3 +128,33 @@ class PointSource:
         else:
             cov = (s2 - N * mean_c.pow(2)) / denom
         return mean_c + pivot.squeeze(1), cov
+
+
+def spool(batches, path: str | Path, name: str = "stream") -> np.memmap:
+    """Write an iterable of ``(n, D)`` arrays or tensors to a raw float32 file at ``path`` and
+    return it as a read-only ``np.memmap`` ``(N, D)``: a one-pass stream becomes data that the
+    engines can read many times, in chunks, without holding it in memory."""
+    D, N = None, 0
+    with open(path, "wb") as fh:
+        for i, batch in enumerate(batches):
+            arr = batch.detach().cpu().numpy() if isinstance(batch, Tensor) else np.asarray(batch)
+            if arr.ndim != 2:
+                raise ValueError(f"{name}: batch {i} has shape {arr.shape}; every batch must be (n, D).")
+            if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+                raise ValueError(f"{name}: batch {i} holds {arr.dtype}, not numbers.")
+            if D is None:
+                D = arr.shape[1]
+                if D == 0:
+                    raise ValueError(f"{name}: batch {i} has no features (shape {arr.shape}).")
+            elif arr.shape[1] != D:
+                raise ValueError(
+                    f"{name}: batch {i} has {arr.shape[1]} features but the earlier batches had {D}; "
+                    "every batch must have the same number of columns."
+                )
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{name}: batch {i} contains NaN or Inf; drop or impute them first.")
+            fh.write(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
+            N += len(arr)
+    if N == 0:
+        raise ValueError(f"{name}: the stream yielded no points; pass an iterable of (n, D) batches.")
+    return np.memmap(path, dtype=np.float32, mode="r", shape=(N, D))
