@@ -97,6 +97,10 @@ class DPGMM:
         self.batch_size, self.seed = batch_size, int(seed)
         self.device = check_device(device)
         self.n_restarts = check_positive_int(n_restarts, "n_restarts", "try 1 or 4")
+        if max_iter is not None:
+            check_positive_int(max_iter, "max_iter", "use None for the engine's default")
+        if tol is not None and not tol > 0:
+            raise ValueError(f"tol must be > 0 (nats per point), got {tol!r}; try 1e-5.")
         self.max_iter, self.tol = max_iter, tol
         if not 0.0 <= active_threshold < 1.0:
             raise ValueError(f"active_threshold must lie in [0, 1), got {active_threshold!r}; try 0.01.")

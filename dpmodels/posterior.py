@@ -195,7 +195,7 @@ class MixturePosterior:
                 log_g = log_gamma_sample(p.dirichlet.expand(S + p.dirichlet.shape))
                 log_w = log_g - torch.logsumexp(log_g, -1, keepdim=True)
             elif p.truncation == 1:
-                log_w = torch.zeros(S + p.mean.shape[:2], dtype=p.mean.dtype)
+                log_w = torch.zeros(S + p.mean.shape[:2], dtype=p.mean.dtype, device=p.mean.device)
             else:
                 log_v, log1m_v = log_sticks_from_gammas(
                     log_gamma_sample(p.stick_a.expand(S + p.stick_a.shape)),

@@ -176,6 +176,8 @@ def test_bad_data_is_a_clear_error(X, match):
         ({"batch_size": 0}, "batch_size must be an integer"),
         ({"n_restarts": 0}, "n_restarts must be an integer"),
         ({"device": "tpu"}, "device must be"),
+        ({"max_iter": 0}, "max_iter must be an integer"),
+        ({"tol": 0.0}, "tol must be > 0"),
     ],
 )
 def test_bad_arguments_are_clear_errors(kwargs, match):

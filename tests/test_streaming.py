@@ -122,3 +122,10 @@ def test_fit_stream_spools_batches_and_matches_the_array_fit(tmp_path):
 def test_bad_streams_are_clear_errors(batches, match):
     with pytest.raises(ValueError, match=match):
         DPGMM(truncation=3).fit_stream(batches)
+
+
+def test_a_sliced_memmap_reads_its_own_rows(tmp_path):
+    X = np.arange(40, dtype=np.float32).reshape(20, 2)
+    np.save(tmp_path / "x.npy", X)
+    view = np.load(tmp_path / "x.npy", mmap_mode="r")[10:15]
+    np.testing.assert_array_equal(PointSource(view)[:, :].numpy()[0], X[10:15])

@@ -40,7 +40,11 @@ class PointSource:
             except ValueError as err:
                 raise ValueError(f"{name}: {str(path)!r} is not a readable .npy array ({err}).") from err
         if isinstance(data, np.memmap) and data.filename and data.ndim == 2 and data.flags.c_contiguous:
-            self._mapping = (data.filename, data.dtype, data.offset, data.shape)
+            root = data  # a slice carries its parent's offset: find this view's own byte offset
+            while isinstance(root.base, np.memmap):
+                root = root.base
+            shift = data.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+            self._mapping = (data.filename, data.dtype, root.offset + shift, data.shape)
         if isinstance(data, Tensor):
             data = data.detach()
         elif not isinstance(data, np.ndarray):
@@ -114,11 +118,11 @@ class PointSource:
         """Mean ``(B, D)`` and covariance ``(B, D, D)`` (or variances ``(B, D)``) in float64,
         accumulated chunk by chunk around a first-chunk pivot (numerically stable)."""
         B, N, D = self.shape
-        pivot = self[:, : min(N, 1024)].double().mean(1, keepdim=True)  # (B, 1, D)
+        pivot = self[:, : min(N, 1024)].double().cpu().mean(1, keepdim=True)  # (B, 1, D)
         s1 = torch.zeros(B, D, dtype=torch.float64)
         s2 = torch.zeros((B, D, D) if covariance == "full" else (B, D), dtype=torch.float64)
         for _, x in self.chunks(chunk_size):
-            c = x.double() - pivot
+            c = x.double().cpu() - pivot
             s1 += c.sum(1)
             s2 += c.transpose(1, 2) @ c if covariance == "full" else (c * c).sum(1)
         mean_c = s1 / N

@@ -27,13 +27,13 @@ def kmeans_plusplus(x: Tensor, n_clusters: int, generator: torch.Generator) -> T
     """k-means++ seeding (Arthur & Vassilvitskii 2007) per fit; ``x (B, n, D) -> centres (B, C, D)``."""
     B, n, D = x.shape
     rows = torch.arange(B, device=x.device)
-    first = torch.randint(n, (B,), generator=generator, device=x.device)
+    first = torch.randint(n, (B,), generator=generator).to(x.device)  # CPU generator on any device
     centres = [x[rows, first]]  # each (B, D)
     closest = _sq_dist(x, centres[0].unsqueeze(1)).squeeze(-1)  # (B, n)
     for _ in range(1, n_clusters):
         total = closest.sum(-1, keepdim=True)
         probs = torch.where(total > 0, closest / total.clamp_min(1e-30), torch.full_like(closest, 1.0 / n))
-        pick = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        pick = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(x.device)  # (B,)
         centres.append(x[rows, pick])
         closest = torch.minimum(closest, _sq_dist(x, centres[-1].unsqueeze(1)).squeeze(-1))
     return torch.stack(centres, dim=1)
@@ -76,7 +76,11 @@ def initial_stats(
     _, labels = lloyd(x32, centres, lloyd_iter)
     counts = torch.nn.functional.one_hot(labels, truncation).sum(1)  # (B, K)
     rank = torch.empty_like(counts)
-    rank.scatter_(1, counts.argsort(dim=-1, descending=True), torch.arange(truncation).expand_as(counts))
+    rank.scatter_(
+        1,
+        counts.argsort(dim=-1, descending=True),
+        torch.arange(truncation, device=counts.device).expand_as(counts),
+    )
     labels = torch.gather(rank, 1, labels)  # relabel: largest cluster first
     onehot = torch.nn.functional.one_hot(labels, truncation).double()  # (B, n, K)
     x64 = x.double()

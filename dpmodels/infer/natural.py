@@ -123,7 +123,8 @@ def _minibatch_phase(data, shift, params, base_c, spec, opts, generator, device,
             epoch_elbo.append(elbo_from_stats(stats, params, base_c, spec.prior))
             step += 1
             bar.update(1)
-        if tracker.add(torch.stack(epoch_elbo).mean(0)) and tracker.change.max() < 10 * opts.tol:
+        tracker.add(torch.stack(epoch_elbo).mean(0))
+        if tracker.change is not None and bool((tracker.change < 10 * opts.tol).all()):
             break
     return params, step
 
@@ -170,6 +171,7 @@ def _full_batch_phase(data, shift, params, base_c, spec, opts, passes, chunk, de
         check = can_merge & (want_check[act] | due)
         if bool(check.any()):
             pairs, valid = candidate_pairs(p_sub, counts if fits is None else counts[fits])
+            valid = valid & check.to(valid.device).unsqueeze(-1)  # merge only the fits that are due
             stats, comp, pair = full_pass(data, s_sub, p_sub, chunk, device, dtype, pairs, fits)
         else:
             stats = full_pass(data, s_sub, p_sub, chunk, device, dtype, fits=fits)
@@ -185,7 +187,9 @@ def _full_batch_phase(data, shift, params, base_c, spec, opts, passes, chunk, de
         params = _scatter(params, fits, new)
         idx = slice(None) if fits is None else fits
         change = ((new_elbo - elbo[idx]).abs() / N).cpu()
-        elbo[idx], counts[idx] = new_elbo, stats.count
+        elbo[idx] = new_elbo
+        # N_k of the parameters kept (sorting or a merge may have reordered them): dof = dof0 + N_k
+        counts[idx] = (new.dof - b_sub.dof.unsqueeze(-1)).clamp_min(0.0)
         last[act] = change
         small = change < opts.tol
         done = small & ~merged & (check | ~can_merge)
@@ -254,7 +258,7 @@ def fit_natural(
             params, n_steps = _minibatch_phase(
                 data, shift, params, base_c, spec, opts, generator, device, dtype, tracker, bar
             )
-        passes = opts.final_passes if minibatch else opts.max_iter
+        passes = max(1, opts.final_passes if minibatch else opts.max_iter)  # at least one full pass
         params, elbo, counts, conv, steps, n_merges, last_change = _full_batch_phase(
             data, shift, params, base_c, spec, opts, passes, chunk, device, dtype, tracker, bar
         )

@@ -106,3 +106,19 @@ def test_non_convergence_is_a_warning_with_numbers():
     with pytest.warns(ConvergenceWarning, match=r"stopped after 2 steps.*nats/point"):
         res = fit_natural(data, spec, options=NaturalOptions(max_iter=2, progress=False))
     assert not bool(res.converged.any())
+
+
+@pytest.mark.parametrize("max_iter", [1, 2, 5])
+def test_returned_counts_belong_to_the_returned_components(max_iter):
+    """Counts follow sorting and merges, also when a fit stops at its iteration limit."""
+    X, _ = PlantedMixture(4, 3, "full", seed=31).sample(1500)
+    data = torch.tensor(X, dtype=torch.float64).unsqueeze(0)
+    spec = make_spec(data, PRIORS["dp"], "full", 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        res = fit_natural(
+            data, spec, options=NaturalOptions(max_iter=max_iter, progress=False, merge_every=1)
+        )
+    expected = (res.params.dof - spec.base.dof.unsqueeze(-1)).clamp_min(0)
+    torch.testing.assert_close(res.counts, expected.to(res.counts.dtype))
+    assert float(res.counts.sum()) == pytest.approx(1500, rel=1e-4)
