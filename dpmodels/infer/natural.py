@@ -52,7 +52,7 @@ class NaturalOptions:
     sort_components: bool = True
     merge: bool = True
     max_merge_rounds: int = 50
-    merge_every: int = 3
+    merge_every: int = 2
     progress: bool = True
 
 
