@@ -19,6 +19,7 @@ from .models.family import (
     expected_log_weights,
     expected_weights,
     log_predictive_components,
+    take_components,
 )
 from .models.guide import assignment_log_probs
 from .priors import log_gamma_sample, log_stick_breaking, log_sticks_from_gammas
@@ -80,8 +81,7 @@ class MixturePosterior:
 
     # ---- globals --------------------------------------------------------------------------
     def _take(self, t: Tensor) -> Tensor:
-        idx = self.order.reshape(self.order.shape + (1,) * (t.dim() - 2)).expand_as(t)
-        return torch.gather(t, 1, idx)
+        return take_components(t, self.order)
 
     @property
     def batch_size(self) -> int:

@@ -27,6 +27,7 @@ from ..models.family import (
     expected_log_det_precision,
     expected_log_weights,
     second_moments,
+    take_components,
     weights_kl,
 )
 from ..models.guide import assignment_log_probs
@@ -57,12 +58,7 @@ class Stats:
 
     def permute(self, order: Tensor) -> Stats:
         """Reorder components per fit, ``order (B, K)``."""
-
-        def take(t: Tensor) -> Tensor:
-            idx = order.reshape(order.shape + (1,) * (t.dim() - 2)).expand_as(t)
-            return torch.gather(t, 1, idx)
-
-        return Stats(take(self.count), take(self.s1), take(self.s2), self.entropy)
+        return Stats(*(take_components(t, order) for t in (self.count, self.s1, self.s2)), self.entropy)
 
 
 STATS_BLOCK = 2048

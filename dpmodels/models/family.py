@@ -33,6 +33,7 @@ from .base_measure import BaseMeasure
 
 __all__ = [
     "VariationalParams",
+    "take_components",
     "expected_log_weights",
     "expected_weights",
     "expected_log_det_precision",
@@ -90,16 +91,11 @@ class VariationalParams:
         """Apply ``fn`` to every tensor field (e.g. dtype/device moves, detaching)."""
         return replace(self, **{k: fn(v) for k, v in self.tensors().items()})
 
-    def permute(self, order: Tensor) -> VariationalParams:
-        """Reorder components per fit; ``order (B, K)``. Stick parameters are not permutable and
-        are left as they are (recompute them from permuted counts)."""
 
-        def take(t: Tensor) -> Tensor:
-            idx = order.reshape(order.shape + (1,) * (t.dim() - 2)).expand_as(t)
-            return torch.gather(t, 1, idx)
-
-        comp = {"mean", "mean_precision", "dof", "scale_tril", "scale", "dirichlet"}
-        return replace(self, **{k: take(v) for k, v in self.tensors().items() if k in comp})
+def take_components(t: Tensor, order: Tensor) -> Tensor:
+    """Reorder the component axis (dim 1) of ``t (B, K, ...)`` per fit by ``order (B, K)``."""
+    idx = order.reshape(order.shape + (1,) * (t.dim() - 2)).expand_as(t)
+    return torch.gather(t, 1, idx)
 
 
 def expected_concentration(params: VariationalParams, prior: WeightPrior) -> Tensor:
