@@ -125,5 +125,13 @@ class ImageSet:
             x = x.expand(-1, 3, -1, -1).contiguous()
         else:  # ITU-R BT.601 luma
             x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        return ImageSet(x, self.masks, self.targets, list(self.names), self.mask_names, self.class_names,
-                        self.name, dict(self.meta))
+        return ImageSet(
+            x,
+            self.masks,
+            self.targets,
+            list(self.names),
+            self.mask_names,
+            self.class_names,
+            self.name,
+            dict(self.meta),
+        )
