@@ -1,0 +1,152 @@
+"""Structured-config schemas of the experiments, registered in Hydra's ConfigStore.
+
+Each YAML option in ``conf/<group>/`` starts from the schema of its group (``defaults: [schema]``),
+so a misspelled key or a value of the wrong type fails when the configuration is composed, before
+any work starts. Field comments are the configuration reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+
+__all__ = [
+    "AnalyzeConf",
+    "DataConf",
+    "InferConf",
+    "LayersConf",
+    "NetConf",
+    "PriorConf",
+    "VizConf",
+    "register",
+]
+
+
+@dataclass
+class DataConf:
+    """Images to analyse (``dpmodels.data.load_dataset``). Fields a data set does not use must keep
+    their defaults (e.g. ``data.family`` with ``data=digits`` is an error)."""
+
+    name: str = (
+        "textures"  # textures | digits | skimage | skimage_mosaics | folder | mnist | fashion_mnist | cifar10
+    )
+    num_images: int | None = 48  # null = all the set has
+    size: int = 64  # images are (size x size) pixels
+    seed: int = 0
+    family: str = "A"  # textures: texture family (A or B, disjoint)
+    root: str | None = None  # folder: DIR with images/ (+ masks/); torchvision sets: their root
+    names: list[str] | None = None  # skimage, skimage_mosaics: bundled image names
+    channels: int | None = None  # folder: 1 or 3 (null = as the files are)
+    train: bool = False  # torchvision sets: training split instead of test split
+    contrast: float = 1.0  # textures: domain shift, contrast factor (1 = none)
+    noise: float = 0.0  # textures: domain shift, additive noise std
+    colour: float = 0.0  # textures: domain shift, colour rotation strength
+
+
+@dataclass
+class NetConf:
+    """The network whose layers are analysed (``dpmodels.nets``)."""
+
+    name: str = "small_cnn"  # small_cnn or a torchvision architecture (resnet18, vgg11_bn, ...)
+    weights: str | None = (
+        None  # null = random init (or trained, for small_cnn); a file path; DEFAULT = hub cache
+    )
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64])  # small_cnn: channels per block
+    train: bool = True  # small_cnn: train on texture patches first (cached); false = random weights
+    train_family: str = "A"  # texture family of the training patches
+    train_per_class: int = 200  # training patches per texture
+    train_size: int = 32  # patch size in pixels
+    epochs: int = 15
+    seed: int = 0
+
+
+@dataclass
+class LayersConf:
+    """Which layers, and how their activations become position vectors."""
+
+    names: list[str] | None = None  # node names (see dpmodels.activations.list_layers); null = conv layers
+    positions_per_image: int | None = None  # random positions per image; null = every position
+    standardize: bool = True  # per-channel standardisation before PCA
+    pca_dim: int | None = 16  # PCA dimensions per layer; null = raw channels
+    batch_size: int = 64  # images per forward pass
+    on_disk: bool = False  # stream activations to memory-mapped files in the run directory
+
+
+@dataclass
+class PriorConf:
+    """Mixing-weight prior (``dpmodels.WeightPrior``)."""
+
+    kind: str = "dp"  # dp | pitman_yor | finite
+    concentration: float = 1.0  # alpha (the starting value when learned)
+    discount: float = 0.0  # Pitman-Yor discount d in [0, 1)
+    learn_concentration: bool = False  # Gamma(1, 1) hyperprior on alpha
+    truncation: int = 30  # K, an upper bound on the number of clusters
+
+
+@dataclass
+class InferConf:
+    """How the mixtures are fitted (``dpmodels.DPGMM``)."""
+
+    engine: str = "natural"  # natural | pyro
+    covariance: str = "full"  # full | diag
+    batch_size: int | None = None  # minibatch size; null = full batch
+    max_iter: int | None = None  # null = the engine's default
+    tol: float | None = None  # ELBO tolerance per point; null = default
+    fit_points: int = 20_000  # positions per layer used for fitting (a seeded subsample)
+    heldout_points: int = 5_000  # other positions, for held-out log-likelihood
+    num_draws: int = 64  # posterior draws for epistemic maps and InferenceData
+    active_threshold: float = 0.01  # share of points a cluster must explain to count
+    progress: bool = True
+
+
+@dataclass
+class VizConf:
+    """Figures written to ``figures/``."""
+
+    enabled: bool = True
+    num_images: int = 4  # example images with per-layer maps
+    prototypes: int = 6  # top patches per cluster in the prototype figure
+    dpi: int = 110
+
+
+@dataclass
+class EvaluateConf:
+    """Evaluation against ground-truth masks (when the data have them)."""
+
+    baselines: bool = False  # also run k-means, NMF (DFF) and scikit-learn's DP mixture
+    k_max: int = 12  # largest K the silhouette search of the k-means baseline tries
+
+
+@dataclass
+class AnalyzeConf:
+    data: DataConf = field(default_factory=DataConf)
+    net: NetConf = field(default_factory=NetConf)
+    layers: LayersConf = field(default_factory=LayersConf)
+    prior: PriorConf = field(default_factory=PriorConf)
+    infer: InferConf = field(default_factory=InferConf)
+    viz: VizConf = field(default_factory=VizConf)
+    evaluate: EvaluateConf = field(default_factory=EvaluateConf)
+    seed: int = 0  # seeds fitting, subsampling and posterior draws
+    device: str = "cpu"  # cpu | cuda
+    cache_dir: str | None = None  # trained networks; null = $DPMODELS_CACHE or ~/.cache/dpmodels
+    overwrite: bool = False  # allow writing into a run directory that already holds results
+
+
+GROUPS = {
+    "data": DataConf,
+    "net": NetConf,
+    "layers": LayersConf,
+    "prior": PriorConf,
+    "infer": InferConf,
+    "viz": VizConf,
+    "evaluate": EvaluateConf,
+}
+
+
+def register() -> None:
+    """Store the schemas: ``analyze_schema`` (top level) and ``<group>/schema`` for each group."""
+    cs = ConfigStore.instance()
+    cs.store(name="analyze_schema", node=AnalyzeConf)
+    for group, node in GROUPS.items():
+        cs.store(group=group, name="schema", node=node)
