@@ -118,7 +118,8 @@ class LayerActivations:
         """All points as one in-memory float32 tensor ``(N, D)`` (reads a disk store fully)."""
         if isinstance(self.points, Tensor):
             return self.points.float()
-        return torch.from_numpy(np.ascontiguousarray(self.points, dtype=np.float32))
+        # a copy: a read-only memory map would give a non-writable tensor (and a warning)
+        return torch.from_numpy(np.array(self.points, dtype=np.float32, order="C"))
 
     def to_maps(self, values, fill=float("nan")) -> Tensor:
         """Scatter per-point ``values`` ``(N,)`` or ``(N, k)`` onto ``(I, H_l, W_l)`` or
