@@ -27,8 +27,12 @@ from .priors import log_gamma_sample, log_stick_breaking, log_sticks_from_gammas
 __all__ = ["MixturePosterior"]
 
 
-def _normal_wishart_draws(p: VariationalParams, S: tuple) -> tuple[Tensor, Tensor, Tensor]:
-    """Draws of ``(Lambda, Lambda^-1, mu)`` from ``q`` by the Bartlett decomposition, in float64.
+def _normal_wishart_draws(
+    p: VariationalParams, S: tuple, dtype: torch.dtype | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Draws of ``(Lambda, Lambda^-1, mu, T)`` from ``q`` by the Bartlett decomposition, computed in
+    float64 and returned in ``dtype`` (default: the parameters' dtype); ``T`` is the lower-triangular
+    Cholesky factor of ``Lambda = T T^T``.
 
     ``Lambda = T T^T`` with ``T = chol(Psi^-1) A`` lower triangular, so ``Lambda^-1`` and the mean's
     noise come from triangular solves: no inversion of a nearly singular draw (unused components
@@ -44,8 +48,8 @@ def _normal_wishart_draws(p: VariationalParams, S: tuple) -> tuple[Tensor, Tenso
     eps = torch.randn(S + p.mean.shape, dtype=f64, device=tril.device).unsqueeze(-1)
     noise = torch.linalg.solve_triangular(T.transpose(-1, -2), eps, upper=True).squeeze(-1)
     means = p.mean.to(f64) + noise / torch.sqrt(p.mean_precision.to(f64)).unsqueeze(-1)
-    dtype = p.mean.dtype
-    return prec.to(dtype), cov.to(dtype), means.to(dtype)
+    dtype = dtype or p.mean.dtype
+    return prec.to(dtype), cov.to(dtype), means.to(dtype), T.to(dtype)
 
 
 class MixturePosterior:
@@ -180,12 +184,17 @@ class MixturePosterior:
         )
 
     # ---- draws ------------------------------------------------------------------------------
-    def sample(self, num_samples: int, seed: int | None = None) -> dict[str, Tensor]:
+    def sample(
+        self, num_samples: int, seed: int | None = None, dtype: torch.dtype | None = None
+    ) -> dict[str, Tensor]:
         """Draws of all globals from the variational posterior, canonical order.
 
         Returns ``weights (S, B, K)``, ``log_weights (S, B, K)``, ``means (S, B, K, D)``,
-        ``precisions`` ``(S, B, K, D, D)`` or ``(S, B, K, D)``, ``covariances`` likewise, and
-        ``concentration (S, B)`` when learned.
+        ``precisions`` ``(S, B, K, D, D)`` or ``(S, B, K, D)``, ``covariances`` likewise,
+        ``precision_trils`` ``(S, B, K, D, D)`` (full: lower-triangular ``T`` with
+        ``Lambda = T T^T``, exact from the Bartlett draw) and ``concentration (S, B)`` when learned.
+        Full-covariance draws are computed in float64 and returned in ``dtype`` (default: the
+        parameters' dtype); ask for ``torch.float64`` when nearly singular draws must stay exact.
         """
         if seed is not None:
             torch.manual_seed(seed)
@@ -202,8 +211,9 @@ class MixturePosterior:
                     log_gamma_sample(p.stick_b.expand(S + p.stick_b.shape)),
                 )
                 log_w = log_stick_breaking(log_v, log1m_v)
+            tril = None
             if p.covariance == "full":
-                prec, cov, means = _normal_wishart_draws(p, S)
+                prec, cov, means, tril = _normal_wishart_draws(p, S, dtype)
             else:
                 shape = 0.5 * p.dof.unsqueeze(-1).expand_as(p.scale)
                 prec = torch.distributions.Gamma(shape, 0.5 * p.scale).sample(S)  # (S, B, K, D)
@@ -223,6 +233,8 @@ class MixturePosterior:
             "precisions": take(prec),
             "covariances": take(cov),
         }
+        if tril is not None:
+            out["precision_trils"] = take(tril)
         if p.conc_shape is not None:
             out["concentration"] = torch.distributions.Gamma(p.conc_shape, p.conc_rate).sample(S)
         return out

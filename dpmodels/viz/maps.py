@@ -1,0 +1,271 @@
+"""Figures of layer maps: per-image cluster/uncertainty panels, layers side by side, cluster counts
+per layer, cluster prototypes (top image patches) and layer-to-layer transitions.
+
+Cluster ``k`` (canonical order, 0 = largest weight) is drawn in colour ``cluster_colours(K)[k]`` in
+every image and figure. Functions are pure: data in, ``matplotlib`` figure out; ``save_figure``
+writes one atomically and closes it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from ..maps.layer_maps import LayerMaps  # noqa: E402
+from ..maps.transitions import transition_matrix  # noqa: E402
+from .fit import cluster_colours  # noqa: E402
+
+__all__ = [
+    "label_overlay",
+    "plot_cluster_counts",
+    "plot_image_layers",
+    "plot_layer_maps",
+    "plot_prototypes",
+    "plot_transitions",
+    "save_figure",
+]
+
+MAX_LEGEND = 10  # legend entries per label panel
+CMAPS = {"entropy": "magma", "epistemic": "viridis", "aleatoric": "magma", "novelty": "cividis"}
+UNITS = {
+    "entropy": "assignment entropy (nats)",
+    "epistemic": "epistemic: MI(z; θ) (nats)",
+    "aleatoric": "aleatoric: E H[z|θ] (nats)",
+    "novelty": "novelty: −log p(x) (nats)",
+    "confidence": "max responsibility",
+}
+
+
+def _image_hwc(image) -> np.ndarray:
+    """``(C, H, W)`` tensor/array in [0, 1] -> ``(H, W, 3)`` for imshow."""
+    x = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if x.ndim != 3 or x.shape[0] not in (1, 3):
+        raise ValueError(f"expected one image shaped (C, H, W) with C = 1 or 3, got {x.shape}.")
+    x = np.clip(np.moveaxis(x, 0, -1), 0.0, 1.0)
+    return np.repeat(x, 3, -1) if x.shape[-1] == 1 else x
+
+
+def label_overlay(labels, num_clusters: int) -> np.ndarray:
+    """``(H, W)`` int labels -> ``(H, W, 4)`` RGBA in the fixed palette (``-1`` transparent)."""
+    lab = np.asarray(labels)
+    colours = cluster_colours(max(num_clusters, 1))
+    rgba = np.zeros(lab.shape + (4,))
+    ok = lab >= 0
+    rgba[ok, :3] = colours[lab[ok]]
+    rgba[ok, 3] = 1.0
+    return rgba
+
+
+def _check_index(maps: LayerMaps, index: int, image) -> None:
+    if not 0 <= index < maps.num_images:
+        raise ValueError(f"image index {index} out of range for {maps.num_images} images.")
+    size = tuple(_image_hwc(image).shape[:2])
+    if size != tuple(maps.geometry.input_size):
+        raise ValueError(
+            f"the image is {size} but layer {maps.name!r} maps {tuple(maps.geometry.input_size)} inputs; "
+            "pass the image the activations were extracted from."
+        )
+
+
+def _draw_row(axes, image, maps: LayerMaps, index: int, kinds, alpha: float, fig: Figure) -> None:
+    rgb, K = _image_hwc(image), int(maps.weights.shape[0])
+    axes[0].imshow(rgb)
+    axes[0].set_title("image")
+    for ax, kind in zip(axes[1:], kinds, strict=True):
+        if kind == "labels":
+            lab = maps.at_input("labels")[index].numpy()
+            ax.imshow(rgb)
+            ax.imshow(label_overlay(lab, K), alpha=alpha)
+            present = [int(k) for k in np.unique(lab) if k >= 0]  # canonical order = by weight
+            handles = [
+                Patch(color=cluster_colours(K)[k], label=f"cluster {k} (w={float(maps.weights[k]):.2f})")
+                for k in present[:MAX_LEGEND]
+            ]
+            if len(present) > MAX_LEGEND:  # keep the layout readable: the lightest clusters are summarised
+                handles.append(Patch(color="white", label=f"+{len(present) - MAX_LEGEND} smaller clusters"))
+            ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+            ax.set_title(f"{maps.name}: clusters")
+        else:
+            v = maps.at_input(kind)[index].numpy()
+            im = ax.imshow(v, cmap=CMAPS.get(kind, "viridis"))
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=UNITS.get(kind, kind))
+            ax.set_title(f"{maps.name}: {kind}")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def plot_layer_maps(
+    image, maps: LayerMaps, index: int, *, kinds: Sequence[str] = ("labels", "entropy", "novelty"), alpha=0.55
+) -> Figure:
+    """One layer, one image: image | cluster overlay (legend: cluster and weight) | one panel per
+    continuous ``kind`` with a colourbar. ``image``: ``(C, H, W)``, the ``index``-th extracted image."""
+    _check_index(maps, index, image)
+    fig, axes = plt.subplots(
+        1, 1 + len(kinds), figsize=(3.4 * (1 + len(kinds)), 3.2), constrained_layout=True
+    )
+    _draw_row(np.atleast_1d(axes), image, maps, index, list(kinds), alpha, fig)
+    name = maps.image_names[index] if index < len(maps.image_names) else f"image {index}"
+    fig.suptitle(f"{name}, layer {maps.name}")
+    return fig
+
+
+def plot_image_layers(
+    image,
+    layers: Sequence[LayerMaps],
+    index: int,
+    *,
+    kinds: Sequence[str] = ("labels", "entropy", "novelty"),
+    alpha: float = 0.55,
+) -> Figure:
+    """All layers of one image, one row per layer (shallow to deep), columns as in
+    ``plot_layer_maps``; colours mean the same cluster index in every row's legend."""
+    if not layers:
+        raise ValueError("pass at least one LayerMaps.")
+    for m in layers:
+        _check_index(m, index, image)
+    n_rows, n_cols = len(layers), 1 + len(kinds)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(3.4 * n_cols, 3.0 * n_rows), squeeze=False, constrained_layout=True
+    )
+    for row, m in zip(axes, layers, strict=True):
+        _draw_row(row, image, m, index, list(kinds), alpha, fig)
+    return fig
+
+
+def plot_cluster_counts(
+    draws: Mapping[str, Sequence[float]] | None = None,
+    *,
+    intervals: Mapping[str, tuple[float, float, float]] | None = None,
+    true_k: int | None = None,
+    level: float = 0.9,
+) -> Figure:
+    """Number of clusters per layer with posterior intervals, layers in the given order.
+
+    ``draws``: ``{layer: (S,) draws of the number of clusters}`` (e.g. ``dpmodels.maps.n_active_draws``;
+    the median and central ``level`` interval are shown), or ``intervals``: ``{layer: (low, mid,
+    high)}``. ``true_k``: a dashed reference line (e.g. the number of mask regions)."""
+    if (draws is None) == (intervals is None) or not (draws or intervals):
+        raise ValueError("pass exactly one of draws={layer: draws} or intervals={layer: (low, mid, high)}.")
+    rows = {}
+    for name, v in (draws or intervals).items():
+        v = np.asarray(v, dtype=float).ravel()
+        if draws is not None:
+            if v.size == 0:
+                raise ValueError(f"layer {name!r} has no draws.")
+            v = np.quantile(v, [(1 - level) / 2, 0.5, (1 + level) / 2])
+        elif v.shape != (3,) or not v[0] <= v[1] <= v[2]:
+            raise ValueError(f"layer {name!r}: expected (low, mid, high) with low <= mid <= high, got {v}.")
+        rows[name] = v
+    names, q = list(rows), np.stack(list(rows.values()))  # (layers, 3)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 2), 3.4), constrained_layout=True)
+    x = np.arange(len(names))
+    err = np.vstack([q[:, 1] - q[:, 0], q[:, 2] - q[:, 1]])
+    label = f"posterior median, {round(level * 100)}% interval" if draws is not None else "posterior interval"
+    ax.errorbar(x, q[:, 1], yerr=err, fmt="o", capsize=4, label=label)
+    if true_k is not None:
+        ax.axhline(true_k, ls="--", color="grey", label=f"true regions K* = {true_k}")
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set(ylabel="number of clusters", title="clusters per layer")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_prototypes(
+    images, maps: LayerMaps, *, top_k: int = 6, clusters: Sequence[int] | None = None
+) -> Figure:
+    """Cluster prototypes: for each cluster (row; default the active ones, at most 10), the ``top_k``
+    positions assigned to it with the highest responsibility, shown as their receptive-field patch
+    (``geometry.patch_box``). ``images``: ``(I, C, H, W)``, the extracted images."""
+    imgs = images.detach().cpu() if isinstance(images, torch.Tensor) else torch.as_tensor(images)
+    if (
+        imgs.dim() != 4
+        or imgs.shape[0] != maps.num_images
+        or tuple(imgs.shape[-2:]) != maps.geometry.input_size
+    ):
+        raise ValueError(
+            f"expected the {maps.num_images} extracted images shaped (I, C, "
+            f"{maps.geometry.input_size[0]}, {maps.geometry.input_size[1]}), got {tuple(imgs.shape)}."
+        )
+    if clusters is None:
+        clusters = [int(k) for k in torch.nonzero(maps.active).flatten()[:10]]
+    K = int(maps.weights.shape[0])
+    fig, axes = plt.subplots(
+        max(len(clusters), 1), top_k, figsize=(1.3 * top_k + 1.2, 1.3 * max(len(clusters), 1)), squeeze=False
+    )
+    conf = torch.nan_to_num(maps.confidence, nan=-1.0)
+    for row, k in zip(axes, clusters, strict=False):
+        score = torch.where(maps.labels == k, conf, torch.full_like(conf, -1.0)).flatten()  # (I*H_l*W_l,)
+        best = score.argsort(descending=True)[:top_k]
+        for ax, flat in zip(row, best.tolist(), strict=False):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if score[flat] < 0:
+                continue
+            i, rem = divmod(flat, maps.geometry.map_size[0] * maps.geometry.map_size[1])
+            y, x = divmod(rem, maps.geometry.map_size[1])
+            y0, y1, x0, x1 = maps.geometry.patch_box(y, x)
+            ax.imshow(_image_hwc(imgs[i])[y0:y1, x0:x1])
+            ax.set_title(f"r={float(score[flat]):.2f}", fontsize=6)
+        row[0].set_ylabel(
+            f"cluster {k}\nw={float(maps.weights[k]):.2f}", color=cluster_colours(K)[k], fontsize=8
+        )
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{maps.name}: top-{top_k} patches per cluster (receptive field)", fontsize=9)
+    return fig
+
+
+def plot_transitions(layers: Sequence[LayerMaps]) -> Figure:
+    """Layer-to-layer transitions: for consecutive layers, the row-normalised co-occurrence of their
+    clusters over all input pixels (``dpmodels.maps.transition_matrix``)."""
+    if len(layers) < 2:
+        raise ValueError(f"transitions need at least two layers, got {len(layers)}.")
+    n = len(layers) - 1
+    fig, axes = plt.subplots(1, n, figsize=(4.0 * n, 3.8), squeeze=False, constrained_layout=True)
+    for ax, a, b in zip(axes[0], layers[:-1], layers[1:], strict=True):
+        la, lb = a.at_input("labels"), b.at_input("labels")
+        ka, kb = int(max(la.max(), 0)) + 1, int(max(lb.max(), 0)) + 1
+        mat = transition_matrix(la, lb, ka, kb)
+        im = ax.imshow(mat, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(kb))
+        ax.set_yticks(range(ka))
+        for t, c in zip(ax.get_xticklabels(), cluster_colours(kb), strict=True):
+            t.set_color(c)
+        for t, c in zip(ax.get_yticklabels(), cluster_colours(ka), strict=True):
+            t.set_color(c)
+        ax.set(xlabel=f"{b.name} cluster", ylabel=f"{a.name} cluster", title=f"{a.name} → {b.name}")
+        fig.colorbar(im, ax=ax, label="share of row's pixels")
+    return fig
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Save ``fig`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``),
+    creating the folder if needed; the figure is closed afterwards. Returns the path."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if not fmt:
+        raise ValueError(f"path {str(path)!r} has no file extension; use e.g. '.png' or '.pdf'.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format=fmt, dpi=150)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        plt.close(fig)
+    return path
