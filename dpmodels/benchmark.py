@@ -130,6 +130,17 @@ class BenchmarkCase:
 
 
 @dataclass
+class ExtractionSettings:
+    """The activation-extraction benchmark (:mod:`dpmodels.bench_extraction`): throughput of the
+    small CNN and resnet18 at 64 and 224 px, and peak memory while streaming ``store_images``
+    images of a large layer to disk (``None``: 10 000)."""
+
+    enabled: bool = False
+    quick: bool = False
+    store_images: int | None = None
+
+
+@dataclass
 class BenchmarkSettings:
     """Run-wide settings: torch ``device`` (``"cpu"`` or ``"cuda"``), ``threads`` for torch and the
     BLAS under scikit-learn (``None``: leave as is), held-out set size, a tiny warm-up fit before
@@ -142,6 +153,7 @@ class BenchmarkSettings:
     warmup: bool = True
     fail_fast: bool = False
     cases: list[BenchmarkCase] = field(default_factory=list)
+    extraction: ExtractionSettings = field(default_factory=lambda: ExtractionSettings())
 
 
 @dataclass

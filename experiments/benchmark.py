@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from dpmodels import bench_extraction
 from dpmodels.benchmark import BenchmarkSettings, format_table, run_benchmark, write_results
+from dpmodels.io import atomic_write_json
 
 # Typed schema: conf/benchmark.yaml names it first in its defaults list, so unknown keys are errors.
 ConfigStore.instance().store(name="benchmark_schema", node=BenchmarkSettings)
@@ -29,8 +32,18 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> list[dict]:
     settings = OmegaConf.to_object(cfg)
     if not isinstance(settings, BenchmarkSettings):
         raise TypeError(f"expected a config built on benchmark_schema, got {type(settings).__name__}.")
-    if not settings.cases:
+    if not settings.cases and not settings.extraction.enabled:
         raise ValueError("no cases to run; choose a preset (preset=quick) or pass cases=[{name:...}].")
+    if settings.extraction.enabled:
+        extraction_rows = bench_extraction.run(
+            settings.extraction.quick,
+            settings.extraction.store_images,
+            log=lambda s: print(s, file=sys.stderr),
+        )
+        print(bench_extraction.format_table(extraction_rows))
+        atomic_write_json(Path(output_dir) / "extraction.json", {"rows": extraction_rows})
+        if not settings.cases:
+            return extraction_rows
     rows = run_benchmark(settings)
     print(format_table(rows))
     csv_path, json_path = write_results(rows, output_dir, settings)
