@@ -1,0 +1,16 @@
+"""End-to-end analyses: a network's layers on a set of images, into a run directory, and read back."""
+
+from .fitting import LayerFit, fit_layers
+from .network import obtain_network
+from .outputs import RunOutputs, latest_run, load_layer_maps
+from .run import analyze
+
+__all__ = [
+    "LayerFit",
+    "RunOutputs",
+    "analyze",
+    "fit_layers",
+    "latest_run",
+    "load_layer_maps",
+    "obtain_network",
+]

@@ -1,0 +1,126 @@
+"""The files of an analysis run, written and read in one place so that notebooks and other tools
+see exactly what the job wrote.
+
+A run directory holds ``metrics.json``, ``summary.md``, ``images.npz`` (the analysed images, uint8,
+with masks when known), ``maps/<layer>.npz`` (each layer's maps at map resolution with its
+geometry), ``posterior/<layer>.nc`` (ArviZ InferenceData) and ``figures/*.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..activations.types import LayerGeometry
+from ..data.images import ImageSet
+from ..io import atomic_path
+from ..maps import LayerMaps
+
+__all__ = ["RunOutputs", "latest_run", "layer_file", "load_layer_maps", "save_images", "save_layer_maps"]
+
+_MAP_FIELDS = ("labels", "confidence", "entropy", "epistemic", "aleatoric", "novelty", "weights", "active")
+
+
+def layer_file(layer: str) -> str:
+    """A file-name stem for a layer node name (``features.0`` -> ``features.0``, ``a/b`` -> ``a_b``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", layer)
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
+def save_layer_maps(run_dir: str | Path, maps: LayerMaps) -> Path:
+    path = Path(run_dir) / "maps" / f"{layer_file(maps.name)}.npz"
+    arrays = {k: getattr(maps, k).cpu().numpy() for k in _MAP_FIELDS}
+    meta = {
+        "name": maps.name,
+        "geometry": asdict(maps.geometry),
+        "image_names": maps.image_names,
+        "meta": maps.meta,
+    }
+    _save_npz(path, meta=np.array(json.dumps(meta, default=str)), **arrays)
+    return path
+
+
+def load_layer_maps(path: str | Path) -> LayerMaps:
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        arrays = {k: torch.from_numpy(z[k]) for k in _MAP_FIELDS}
+    geometry = LayerGeometry(**{k: tuple(v) for k, v in meta["geometry"].items()})
+    return LayerMaps(meta["name"], geometry, image_names=meta["image_names"], meta=meta["meta"], **arrays)
+
+
+def save_images(run_dir: str | Path, images: ImageSet) -> Path:
+    path = Path(run_dir) / "images.npz"
+    pixels = (images.images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    extra = {} if images.masks is None else {"masks": images.masks.numpy()}
+    meta = {"name": images.name, "names": images.names, "mask_names": images.mask_names}
+    _save_npz(path, images=pixels, meta=np.array(json.dumps(meta)), **extra)
+    return path
+
+
+class RunOutputs:
+    """Read access to one analysis run directory."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        if not (self.run_dir / "metrics.json").is_file():
+            raise FileNotFoundError(
+                f"{self.run_dir} holds no metrics.json: not a finished analysis run. Run "
+                "`python -m experiments.analyze` and point to its output directory."
+            )
+        self.metrics = json.loads((self.run_dir / "metrics.json").read_text())
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.metrics["layers"])
+
+    def table(self) -> pd.DataFrame:
+        """One row per layer, one column per metric."""
+        return pd.DataFrame.from_dict(self.metrics["layers"], orient="index").rename_axis("layer")
+
+    def maps(self, layer: str) -> LayerMaps:
+        self._check(layer)
+        return load_layer_maps(self.run_dir / "maps" / f"{layer_file(layer)}.npz")
+
+    def images(self) -> ImageSet:
+        with np.load(self.run_dir / "images.npz", allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            masks = torch.from_numpy(z["masks"]) if "masks" in z.files else None
+            pixels = torch.from_numpy(z["images"]).float() / 255.0
+        return ImageSet(pixels, masks, None, meta["names"], meta["mask_names"], None, meta["name"])
+
+    def posterior_path(self, layer: str) -> Path:
+        self._check(layer)
+        return self.run_dir / "posterior" / f"{layer_file(layer)}.nc"
+
+    def _check(self, layer: str) -> None:
+        if layer not in self.metrics["layers"]:
+            raise ValueError(
+                f"layer {layer!r} was not analysed in {self.run_dir}; the run has {self.layers}."
+            )
+
+
+def latest_run(root: str | Path = "outputs/analyze") -> Path:
+    """The newest run directory under ``root`` that holds ``metrics.json``; a relative ``root`` is
+    looked up from the working directory and its parents (so notebooks find the project's runs)."""
+    root = Path(root)
+    bases = [root] if root.is_absolute() else [d / root for d in (Path.cwd(), *Path.cwd().parents)]
+    runs = []
+    for base in bases:
+        runs = sorted(base.glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
+        if runs:
+            break
+    if not runs:
+        raise FileNotFoundError(
+            f"no finished analysis run under {root}; run `python -m experiments.analyze`."
+        )
+    return runs[-1].parent

@@ -1,0 +1,194 @@
+"""The main analysis: a network's layers on a set of images, end to end, into a run directory.
+
+``analyze`` extracts every chosen layer, fits one DPGMM per layer in batched calls, computes each
+layer's maps, scores them against ground-truth masks when the images have them (optionally with the
+baselines), saves each layer's posterior as ArviZ InferenceData, and writes the figures, the
+metrics and a short report. Experiments call it; it never reads a config file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..activations import extract
+from ..data.images import ImageSet
+from ..io import atomic_path, atomic_write_json
+from ..maps import LayerMaps, layer_maps, n_active_draws
+from .fitting import LayerFit, fit_layers
+from .outputs import layer_file, save_images, save_layer_maps
+from .report import write_figures, write_summary
+
+__all__ = ["analyze"]
+
+log = logging.getLogger(__name__)
+
+
+def _true_k(images: ImageSet) -> int | None:
+    if images.masks is None:
+        return None
+    m = images.masks
+    return int(torch.unique(m[m >= 0]).numel())
+
+
+def _layer_metrics(fit: LayerFit, maps: LayerMaps, evaluation: dict | None, k_draws: np.ndarray) -> dict:
+    m = fit.model
+    out = {
+        "n_active": int(m.n_active_),
+        "n_active_interval": [float(np.quantile(k_draws, 0.05)), float(np.quantile(k_draws, 0.95))],
+        "elbo": float(m.elbo_) / len(fit.fit_index),
+        "heldout_loglik": fit.heldout_loglik,
+        "fit_seconds": fit.fit_seconds,
+        "fit_points": len(fit.fit_index),
+        "num_features": int(m.n_features_in_),
+        "converged": bool(m.converged_),
+        "mean_entropy": float(np.nanmean(maps.entropy.numpy())),
+        "mean_epistemic": float(np.nanmean(maps.epistemic.numpy())),
+    }
+    if evaluation is not None:
+        keep = ("ari", "nmi", "miou", "matched_accuracy", "k_true", "k_error", "entropy_auroc", "ece")
+        out.update({k: evaluation[k] for k in keep if k in evaluation})
+        per_image = evaluation.get("per_image", {})
+        for k in ("ari", "nmi"):
+            if k in per_image:
+                out[f"{k}_per_image_mean"] = float(np.nanmean(per_image[k]))
+    return out
+
+
+def analyze(
+    images: ImageSet,
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    layers: list[str] | None = None,
+    extraction: dict | None = None,
+    fitting: dict | None = None,
+    dpgmm: dict | None = None,
+    num_draws: int = 64,
+    figures: dict | None = None,
+    baselines: bool = False,
+    k_max: int = 12,
+    network: dict | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Analyse ``model``'s ``layers`` on ``images``; returns the metrics written to ``metrics.json``.
+
+    ``extraction``: keyword arguments of :func:`dpmodels.activations.extract` (positions_per_image,
+    standardize, pca_dim, batch_size; ``on_disk=True`` streams points to ``out_dir/activations``);
+    ``fitting``: ``fit_points``, ``heldout_points``; ``dpgmm``: keyword arguments of
+    :class:`dpmodels.DPGMM`; ``figures``: ``enabled``, ``num_images``, ``prototypes``, ``dpi``;
+    ``network``: what the model is (recorded in the metrics)."""
+    from ..diagnostics import save_inference_data, to_inference_data  # ArviZ only when needed
+
+    out_dir = Path(out_dir)
+    extraction = dict(extraction or {})
+    on_disk = extraction.pop("on_disk", False)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    acts = extract(
+        model,
+        images,
+        layers,
+        device=device,
+        seed=seed,
+        progress=progress,
+        store=out_dir / "activations" if on_disk else None,
+        **extraction,
+    )
+    timings["extract_seconds"] = time.perf_counter() - t0
+    log.info(
+        "extracted %d layer(s) in %.1f s: %s",
+        len(acts),
+        timings["extract_seconds"],
+        {k: (a.num_points, a.num_features) for k, a in acts.items()},
+    )
+
+    t0 = time.perf_counter()
+    fits = fit_layers(acts, seed=seed, **(fitting or {}), device=device, progress=progress, **(dpgmm or {}))
+    timings["fit_seconds"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    all_maps, layer_rows, k_draws, eval_rows = {}, {}, {}, []
+    for name, fit in fits.items():
+        maps = layer_maps(fit.model, acts[name], num_draws=num_draws, seed=seed, progress=progress)
+        all_maps[name] = maps
+        save_layer_maps(out_dir, maps)
+        k_draws[name] = n_active_draws(fit.model.posterior_, num_draws=max(num_draws, 100), seed=seed)
+        evaluation = None
+        if images.masks is not None:
+            from ..evaluation import compare_methods, evaluate_layer
+
+            evaluation = evaluate_layer(maps, images.masks)
+            if baselines:
+                eval_rows += compare_methods(
+                    acts[name],
+                    images.masks,
+                    fit.model,
+                    k_max=k_max,
+                    seed=seed,
+                    raw_points=_raw_points(model, images, name, acts, device, seed),
+                )
+        layer_rows[name] = _layer_metrics(fit, maps, evaluation, k_draws[name])
+        idata = to_inference_data(
+            fit.model, _read_points(acts[name], fit.fit_index), num_draws=num_draws, seed=seed
+        )
+        (out_dir / "posterior").mkdir(parents=True, exist_ok=True)
+        save_inference_data(idata, out_dir / "posterior" / f"{layer_file(name)}.nc")
+    timings["maps_seconds"] = time.perf_counter() - t0
+
+    metrics = {
+        "layers": layer_rows,
+        "data": {
+            "name": images.name,
+            "num_images": len(images),
+            "size": list(images.size),
+            "true_k": _true_k(images),
+            "has_masks": images.masks is not None,
+        },
+        "network": network or {"name": type(model).__name__},
+        "timings": timings,
+        "seed": seed,
+    }
+    save_images(out_dir, images)
+    if eval_rows:
+        from ..evaluation import evaluation_table
+
+        with atomic_path(out_dir / "evaluation.csv", suffix=".csv") as tmp:
+            evaluation_table(eval_rows).to_csv(tmp)
+    fig_cfg = dict(figures or {})
+    t0 = time.perf_counter()
+    if fig_cfg.pop("enabled", True):
+        write_figures(out_dir, images, all_maps, k_draws, _true_k(images), **fig_cfg)
+    timings["figure_seconds"] = time.perf_counter() - t0
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    write_summary(out_dir, metrics, eval_rows)
+    return metrics
+
+
+def _read_points(acts, index: np.ndarray) -> np.ndarray:
+    pts = acts.points
+    return pts[torch.from_numpy(index)].numpy() if isinstance(pts, torch.Tensor) else np.asarray(pts[index])
+
+
+def _raw_points(model, images, name, acts, device, seed) -> torch.Tensor | None:
+    """The layer's untransformed activations at the same positions (for NMF), when non-negative."""
+    raw = extract(
+        model,
+        images,
+        [name],
+        device=device,
+        seed=seed,
+        progress=False,
+        positions_per_image=acts[name].meta.get("positions_per_image"),
+    )[name]
+    if not torch.equal(raw.index, acts[name].index):
+        raise RuntimeError(f"layer {name!r}: raw and transformed extraction sampled different positions.")
+    pts = raw.tensor()
+    return pts if bool((pts >= 0).all()) else None

@@ -1,0 +1,81 @@
+"""The main job: what has each layer of a convnet learned?
+
+    python -m experiments.analyze [overrides]          # e.g. data=folder data.root=DIR net=resnet18
+    python -m experiments.analyze -m prior=dp,pitman_yor prior.concentration=0.1,1,10
+
+Trains the small CNN on texture patches (or loads it from the cache), extracts every conv layer,
+fits one DPGMM per layer in batched calls and writes metrics.json, summary.md, figures/,
+maps/<layer>.npz and posterior/<layer>.nc into the Hydra run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from dpmodels import DPGMM
+from dpmodels.analysis import analyze, obtain_network
+from dpmodels.analysis.network import check_layers
+
+from .builders import dataset_from_config, dpgmm_kwargs
+from .common import mark_done, output_dir, should_run, user_errors
+from .schema import register
+
+log = logging.getLogger("dpmodels.analyze")
+logging.getLogger("arviz.preview").setLevel(logging.WARNING)  # its import notes are not for users
+register()
+
+
+def run(cfg: DictConfig) -> dict | None:
+    out_dir = output_dir()
+    if not should_run(out_dir, cfg, cfg.overwrite):
+        return None
+    fit_kwargs = dpgmm_kwargs(cfg.prior, cfg.infer)
+    DPGMM(**fit_kwargs, device=cfg.device)  # validates the prior/inference settings before any work
+    images = dataset_from_config(cfg.data)
+    log.info(
+        "data: %s, %d images %s, masks: %s", images.name, len(images), images.size, images.masks is not None
+    )
+    net = OmegaConf.to_container(cfg.net, resolve=True)
+    check_layers(net["name"], cfg.layers.names, in_channels=images.channels, widths=net["widths"])
+    model, net_info = obtain_network(
+        net.pop("name"),
+        in_channels=images.channels,
+        cache_dir=cfg.cache_dir,
+        device=cfg.device,
+        progress=cfg.infer.progress,
+        **net,
+    )
+    layers = OmegaConf.to_container(cfg.layers, resolve=True)
+    metrics = analyze(
+        images,
+        model,
+        out_dir,
+        layers=layers.pop("names"),
+        extraction=layers,
+        fitting={"fit_points": cfg.infer.fit_points, "heldout_points": cfg.infer.heldout_points},
+        dpgmm=fit_kwargs,
+        num_draws=cfg.infer.num_draws,
+        figures=OmegaConf.to_container(cfg.viz),
+        baselines=cfg.evaluate.baselines,
+        k_max=cfg.evaluate.k_max,
+        network=net_info,
+        seed=cfg.seed,
+        device=cfg.device,
+        progress=cfg.infer.progress,
+    )
+    mark_done(out_dir, cfg, {"layers": list(metrics["layers"])})
+    log.info("results in %s (summary.md, metrics.json, figures/)", out_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
+def main(cfg: DictConfig) -> None:
+    with user_errors(output_dir()):
+        run(cfg)
+
+
+if __name__ == "__main__":
+    main()
