@@ -20,7 +20,7 @@ from dpmodels.analysis import analyze, obtain_network
 from dpmodels.analysis.network import check_layers
 
 from .builders import dataset_from_config, dpgmm_kwargs
-from .common import mark_done, output_dir, should_run, user_errors
+from .common import mark_done, mark_started, output_dir, should_run, user_errors
 from .schema import register
 
 log = logging.getLogger("dpmodels.analyze")
@@ -40,6 +40,7 @@ def run(cfg: DictConfig) -> dict | None:
     )
     net = OmegaConf.to_container(cfg.net, resolve=True)
     check_layers(net["name"], cfg.layers.names, in_channels=images.channels, widths=net["widths"])
+    mark_started(out_dir, cfg)
     model, net_info = obtain_network(
         net.pop("name"),
         in_channels=images.channels,

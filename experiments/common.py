@@ -19,12 +19,14 @@ from dpmodels.io import atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 DONE_FILE = "run_complete.json"
+STARTED_FILE = "run_started.json"
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError)
 
 
 def config_hash(cfg: DictConfig) -> str:
     """Hash of the resolved job config (without Hydra's own section)."""
     plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("overwrite", None)  # how to treat earlier results is not part of what is computed
     return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -34,20 +36,29 @@ def output_dir() -> Path:
 
 def should_run(out_dir: Path, cfg: DictConfig, overwrite: bool) -> bool:
     """``False`` when ``out_dir`` already holds a finished run of this exact config (a resumed
-    multirun skips it); an error when it holds results of another config, unless ``overwrite``."""
-    done = out_dir / DONE_FILE
-    if not done.is_file() or overwrite:
-        return True
-    previous = json.loads(done.read_text()).get("config_hash")
-    if previous == config_hash(cfg):
-        log.info(
-            "%s already holds a finished run of this config: skipping (overwrite=true recomputes)", out_dir
-        )
-        return False
-    raise FileExistsError(
-        f"{out_dir} already holds the results of a different run (config {previous}); "
-        "choose another hydra.run.dir / hydra.sweep.dir, or pass overwrite=true to replace them."
-    )
+    multirun skips it); ``True`` for a fresh directory or an unfinished run of this config (which
+    resumes from its checkpoints); an error when it holds another config's run, unless ``overwrite``.
+    Nothing is written here (see :func:`mark_started`)."""
+    done, started, digest = out_dir / DONE_FILE, out_dir / STARTED_FILE, config_hash(cfg)
+    for marker in () if overwrite else (done, started):
+        if not marker.is_file():
+            continue
+        previous = json.loads(marker.read_text()).get("config_hash")
+        if previous != digest:
+            raise FileExistsError(
+                f"{out_dir} already holds the results of a different run (config {previous}); "
+                "choose another hydra.run.dir / hydra.sweep.dir, or pass overwrite=true to replace them."
+            )
+        if marker is done:
+            log.info("%s holds a finished run of this config: skipping (overwrite=true recomputes)", out_dir)
+            return False
+        log.info("%s holds an unfinished run of this config: resuming it", out_dir)
+    return True
+
+
+def mark_started(out_dir: Path, cfg: DictConfig) -> None:
+    """Claim ``out_dir`` for this config; call it after the checks, before the expensive work."""
+    atomic_write_json(out_dir / STARTED_FILE, {"config_hash": config_hash(cfg)})
 
 
 def mark_done(out_dir: Path, cfg: DictConfig, summary: dict | None = None) -> None:
