@@ -40,15 +40,26 @@ class SourceConf:
 
 @dataclass
 class TaskConf:
-    """Measured transfer on the labelled target task (``transfer_sweep``) and the target network."""
+    """Measured transfer on the labelled target task (``few_shot_transfer``) and the target network.
 
-    train_per_class: int = 40  # labelled target images per class (also the scored target images)
-    test_per_class: int = 20
-    epochs: int = 4  # fine-tuning budget shared by frozen and scratch runs
-    batch_size: int = 64
+    The budget (``shots``, ``epochs``) was chosen once from the measured transfer alone (default
+    scenario, 2 seeds), never from its correlation with the scores: rule fixed beforehand, the
+    largest share of frozen accuracies in [0.3, 0.95]. Share in range (shots, epochs at batch 16):
+    (5, 10), (5, 30), (10, 10), (20, 10), (1, 30), (2, 30): 0 (every point at 1.000); (2, 10): 0.38;
+    (1, 10): 0.42; (1, 3): 0.75. Few-shot linear probes are at ceiling too (1 shot: 92% of points at
+    1.000). These texture tasks are separable from one example per class once training converges,
+    so only a starved budget (3 Adam steps) keeps the measurement off the ceiling: the drop then
+    measures how fast source features adapt, not whether they can."""
+
+    train_per_class: int = 40  # target pool per class: scored images, target network, few-shot draws
+    test_per_class: int = 25
+    shots: int = 1  # labelled target images per class that the frozen/reference retraining sees
+    seeds: int = 3  # few-shot draws (and retraining seeds) averaged; the table reports their SD
+    epochs: int = 3  # retraining budget (with shots * classes <= batch_size: one Adam step per epoch) shared by frozen, reference and scratch runs
+    batch_size: int = 16
     lr: float = 3e-3
-    probe: bool = True  # also a linear probe per layer
-    target_epochs: int = 10  # the target-trained network (for CKA)
+    probe: bool = True  # also a linear probe per layer (on the same few shots)
+    target_epochs: int = 10  # the target-trained network (reference of the drop, and CKA)
 
 
 @dataclass
@@ -65,6 +76,7 @@ class ScoreConf:
     min_points: int = 50  # target positions a layer needs to be scored
     novelty_quantile: float = 0.01
     n_boot: int = 2000  # bootstrap resamples of the Spearman interval
+    posterior_draws: int = 100  # draws per layer saved as ArviZ InferenceData (posterior/<layer>.nc)
 
 
 @dataclass

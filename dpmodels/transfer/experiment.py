@@ -7,59 +7,74 @@ digits, or a user folder) three things are measured per layer:
 * DPGMM shift scores (:func:`layer_shift_table`): one DPGMM per layer fitted once on positions of
   fresh source *patches* (the images the network was trained to classify, new instances), the
   target positions extracted with the source's fitted standardisation/PCA;
-* measured transfer (:func:`transfer_sweep`): probe, frozen and scratch accuracy and
-  ``transfer_drop = scratch - frozen`` on the target task (labelled targets only);
-* linear CKA (:func:`layer_cka`) between the source network and the same architecture trained on
-  the target task (cached with :func:`dpmodels.nets.train_or_load`).
+* measured transfer (:func:`few_shot_transfer`, labelled targets only): on a few-shot target
+  training set, redrawn per seed, the source network frozen up to ``L`` and retrained against a
+  *reference*, the network trained on the target task, frozen at the same ``L`` and retrained with
+  the same data and budget; ``transfer_drop = reference_accuracy - frozen_accuracy`` (definition:
+  :data:`dpmodels.transfer.report.DROP_DEFINITION`), plus a linear probe and a scratch baseline;
+* linear CKA (:func:`layer_cka`) between the source network and that target-trained network
+  (cached with :func:`dpmodels.nets.train_or_load`).
 
-:func:`correlate` then ranks each score (and CKA) against the drop with :func:`spearman_with_ci`;
-:func:`verdict`, :func:`plot_scores_vs_depth`, :func:`plot_score_vs_drop` (figures returned) and
-:func:`summary_markdown` turn the tables into the report; :func:`write_report` writes all of it.
+The report (correlations, verdict, figures, summary) lives in :mod:`dpmodels.transfer.report`.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..activations import extract
 from ..activations.layers import list_layers
+from ..activations.types import LayerActivations
 from ..data.digits import digits_images
 from ..data.folder import image_folder
 from ..data.images import ImageSet
 from ..data.textures import TEXTURE_FAMILIES, Shift, texture_patches
-from ..io import atomic_path, atomic_write_text
+from ..estimator import DPGMM
 from ..nets import train_or_load
 from ._features import check_layers
 from .cka import layer_cka
-from .measured import transfer_sweep
-from .stats import spearman_with_ci
-from .table import fit_layers, layer_shift_table
+from .measured import accuracy, few_shot_transfer
+from .report import SCORES
+from .table import fit_layers, heldout_split, layer_shift_table
 
 __all__ = [
+    "MEASURED_COLUMNS",
     "SCORES",
     "Condition",
     "check_scoreable",
-    "correlate",
     "make_conditions",
-    "plot_score_vs_drop",
-    "plot_scores_vs_depth",
     "run_conditions",
-    "summary_markdown",
-    "verdict",
-    "write_report",
+    "save_posteriors",
 ]
 
-SCORES = ("predictive_drop", "occupancy_jsd", "novelty_share")
-"""Shift scores compared with the measured drop (higher = more shift; CKA is compared too)."""
+MEASURED_COLUMNS = (
+    "shots",
+    "n_seeds",
+    "probe_accuracy",
+    "probe_accuracy_sd",
+    "frozen_accuracy",
+    "frozen_accuracy_sd",
+    "reference_accuracy",
+    "reference_accuracy_sd",
+    "scratch_accuracy",
+    "scratch_accuracy_sd",
+    "transfer_drop",
+    "transfer_drop_sd",
+    "chance",
+    "target_accuracy",
+    "cka",
+)
+"""Measured columns of :func:`run_conditions`'s table (NaN for unlabelled targets): the
+:func:`few_shot_transfer` means and seed SDs, the target-trained network's own test accuracy
+(``target_accuracy``) and linear CKA between the source and that network."""
 
 _SHIFT_KINDS = ("contrast", "noise", "colour", "blur")
 
@@ -211,6 +226,29 @@ def _target_network(
     return target
 
 
+def save_posteriors(
+    out_dir: str | Path,
+    source: Mapping[str, LayerActivations],
+    fits: Mapping[str, DPGMM],
+    heldout_fraction: float,
+    seed: int = 0,
+    num_draws: int = 100,
+) -> list[Path]:
+    """Each layer's source DPGMM posterior as ArviZ ``InferenceData`` in ``out_dir/<layer>.nc``
+    (``log_likelihood`` on the ``(N_fit, D)`` points it was fitted on: those :func:`heldout_split`
+    keeps). Returns the paths."""
+    from ..diagnostics import save_inference_data, to_inference_data  # ArviZ only when needed
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fit in fits.items():
+        fit_rows, _ = heldout_split(source[name], heldout_fraction, seed)
+        idata = to_inference_data(fit, source[name].tensor()[fit_rows], num_draws=num_draws, seed=seed)
+        paths.append(save_inference_data(idata, out_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.nc"))
+    return paths
+
+
 def run_conditions(
     model: nn.Module,
     source: ImageSet,
@@ -225,20 +263,29 @@ def run_conditions(
     seed: int = 0,
     cache_dir: str | None = None,
     device: str = "cpu",
+    posterior_dir: str | Path | None = None,
+    posterior_draws: int = 100,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """One row per (condition, layer): shift scores, measured transfer and CKA (NaN where the
+    """One row per (condition, layer): shift scores and the :data:`MEASURED_COLUMNS` (NaN where the
     target has no labels). ``extraction``: ``positions_per_image``, ``standardize``, ``pca_dim``;
     ``dpgmm``: :class:`DPGMM` settings; ``scoring``: ``heldout_fraction``, ``min_points``,
-    ``novelty_quantile``; ``finetune``: ``epochs``, ``batch_size``, ``lr``, ``probe``;
-    ``target_training``: :func:`train_classifier` settings of the target network. The layer DPGMMs
-    are fitted once on ``source`` (minus held-out images) and reused for every condition;
-    ``exclusive_source`` / ``exclusive_target`` are counts of exclusive clusters."""
-    extraction, scoring = dict(extraction or {}), dict(scoring or {})
+    ``novelty_quantile``; ``finetune``: ``shots`` (labelled target images per class, default 10),
+    ``seeds`` (how many few-shot draws, seeds ``seed, seed + 1, ...``; default 3), ``epochs``,
+    ``batch_size``, ``lr``, ``probe`` (see :func:`few_shot_transfer`); ``target_training``:
+    :func:`train_classifier` settings of the target-trained (reference and CKA) network, trained
+    on the condition's whole ``train`` pool. The layer DPGMMs are fitted once on ``source`` (minus
+    held-out images) and reused for every condition; with ``posterior_dir`` they are saved there
+    (:func:`save_posteriors`, ``posterior_draws`` draws). ``exclusive_source`` /
+    ``exclusive_target`` are counts of exclusive clusters."""
+    extraction, scoring, budget = dict(extraction or {}), dict(scoring or {}), dict(finetune or {})
     held, min_points = scoring.get("heldout_fraction", 0.25), scoring.get("min_points", 50)
     ppi = extraction.get("positions_per_image")
     if not 0.0 < held < 1.0:
         raise ValueError(f"heldout_fraction must lie in (0, 1), got {held!r}; try 0.25.")
+    n_seeds, shots = budget.pop("seeds", 3), budget.pop("shots", 10)
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ValueError(f"finetune seeds must be an integer >= 1 (few-shot draws), got {n_seeds!r}; try 3.")
     need = max(min_points, math.ceil(1 / scoring.get("novelty_quantile", 0.01)))
     check_scoreable(
         model, layers, source, "source", positions_per_image=ppi, min_points=math.ceil(need / held)
@@ -253,7 +300,8 @@ def run_conditions(
     transforms = {name: acts.transform for name, acts in src.items()}
     transforms = None if any(t is None for t in transforms.values()) else transforms
     fits = fit_layers(src, held, seed, progress, **{"device": device, **dict(dpgmm or {})})
-    budget = {k: v for k, v in dict(finetune or {}).items() if k != "probe"}
+    if posterior_dir is not None:
+        save_posteriors(posterior_dir, src, fits, held, seed, posterior_draws)
     frames = []
     for cond in tqdm(conditions, desc="conditions", disable=not progress):
         tgt = extract(model, cond.score, list(layers), transforms=transforms, positions_per_image=ppi, **kw)
@@ -263,30 +311,25 @@ def run_conditions(
         table.insert(2, "strength", cond.strength)
         table.insert(4, "depth", range(1, len(table) + 1))
         if cond.labelled:
-            sweep = transfer_sweep(
+            target = _target_network(model, cond, dict(target_training or {}), seed, cache_dir, device, False)
+            measured = few_shot_transfer(
                 model,
                 layers,
                 cond.train,
                 cond.test,
-                probe=dict(finetune or {}).get("probe", True),
-                seed=seed,
+                reference=target,
+                shots=shots,
+                seeds=[seed + s for s in range(n_seeds)],
                 device=device,
                 **budget,
             )
-            target = _target_network(model, cond, dict(target_training or {}), seed, cache_dir, device, False)
             cka = layer_cka(model, target, cond.test, list(layers), seed=seed, device=device)
-            table = table.merge(sweep, on="layer")
+            table = table.merge(measured, on="layer")
+            table["target_accuracy"] = accuracy(target, cond.test, device=device)
             table["cka"] = [cka[name] for name in table.layer]
-        else:
-            for col in (
-                "probe_accuracy",
-                "frozen_accuracy",
-                "scratch_accuracy",
-                "transfer_drop",
-                "chance",
-                "cka",
-            ):
-                table[col] = float("nan")
+        table = table.reindex(
+            columns=[*table.columns.drop(list(MEASURED_COLUMNS), errors="ignore"), *MEASURED_COLUMNS]
+        )
         frames.append(
             table.drop(columns=["exclusive_source", "exclusive_target"]).assign(
                 exclusive_source=[len(v) for v in table.exclusive_source],
@@ -299,220 +342,3 @@ def run_conditions(
 def _scoring_kw(scoring: Mapping) -> dict:
     """The :func:`layer_shift_table` keyword arguments among ``scoring``."""
     return {k: scoring[k] for k in ("novelty_quantile", "min_points", "usage_threshold") if k in scoring}
-
-
-def _rho(x, y, n_boot: int, seed: int) -> tuple[float, float, float, str]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        rho, low, high = spearman_with_ci(x, y, n_boot=n_boot, seed=seed)
-    notes = [str(w.message).removeprefix("spearman_with_ci: ") for w in caught]
-    return (
-        rho,
-        low,
-        high,
-        "; ".join(
-            "score or drop constant: rho undefined" if "constant" in m and "resamples" not in m else m
-            for m in notes
-        ),
-    )
-
-
-def correlate(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Spearman's rho (with a paired-bootstrap 95% interval) of each score in :data:`SCORES` and of
-    ``cka`` against ``transfer_drop``: over all labelled (condition, layer) points (``scope="all"``)
-    and over the layers of each condition with at least 3 of them. Columns: ``measure, scope, n,
-    rho, low, high, note`` (``note`` says why a value is NaN)."""
-    rows = []
-    labelled = table[np.isfinite(table.transfer_drop.astype(float))]
-    groups = [("all", labelled)] + [(c, g) for c, g in labelled.groupby("condition", sort=False)]
-    for scope, part in groups:
-        for measure in (*SCORES, "cka"):
-            ok = part[np.isfinite(part[measure].astype(float))]
-            if len(ok) < 3:
-                rows.append(
-                    {
-                        "measure": measure,
-                        "scope": scope,
-                        "n": len(ok),
-                        "rho": math.nan,
-                        "low": math.nan,
-                        "high": math.nan,
-                        "note": "fewer than 3 points",
-                    }
-                )
-                continue
-            rho, low, high, note = _rho(ok[measure].to_numpy(), ok.transfer_drop.to_numpy(), n_boot, seed)
-            rows.append(
-                {
-                    "measure": measure,
-                    "scope": scope,
-                    "n": len(ok),
-                    "rho": rho,
-                    "low": low,
-                    "high": high,
-                    "note": note,
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def verdict(correlations: pd.DataFrame) -> dict:
-    """The best score over all points (largest ``|rho|``, chosen after the fact: say so), its rho and
-    interval, CKA's, whether ``|rho| >= 0.7`` and ``|rho| >= |rho_CKA|``, and whether the signs are
-    the expected ones (scores: positive, CKA: negative)."""
-    every = correlations[(correlations.scope == "all") & np.isfinite(correlations.rho)]
-    scores = every[every.measure.isin(SCORES)]
-    if scores.empty:
-        return {"best_score": None, "n": 0, "predicts": False, "beats_cka": False}
-    best = scores.loc[scores.rho.abs().idxmax()]
-    cka = every[every.measure == "cka"]
-    cka_rho = float(cka.rho.iloc[0]) if len(cka) else math.nan
-    return {
-        "best_score": str(best.measure),
-        "n": int(best.n),
-        "rho": float(best.rho),
-        "low": float(best.low),
-        "high": float(best.high),
-        "cka_rho": cka_rho,
-        "predicts": bool(abs(best.rho) >= 0.7),
-        "beats_cka": bool(not math.isfinite(cka_rho) or abs(best.rho) >= abs(cka_rho)),
-        # more shift should mean a larger drop (rho > 0); more similar networks a smaller one (rho < 0)
-        "sign_as_expected": bool(best.rho > 0),
-        "cka_sign_as_expected": bool(cka_rho < 0),
-    }
-
-
-def plot_scores_vs_depth(table: pd.DataFrame):
-    """One panel per score, CKA and the measured drop against layer depth; one line per condition."""
-    import matplotlib.pyplot as plt
-
-    panels = [*SCORES, "cka", "transfer_drop"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), squeeze=False)
-    for ax, col in zip(axes[0], panels, strict=True):
-        for name, part in table.groupby("condition", sort=False):
-            ax.plot(part.depth, part[col].astype(float), marker="o", label=name)
-        ax.set(title=col, xlabel="layer depth", xticks=sorted(table.depth.unique()))
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def plot_score_vs_drop(table: pd.DataFrame, correlations: pd.DataFrame, measure: str):
-    """Scatter of ``measure`` against the measured drop (colour = condition), rho in the title."""
-    import matplotlib.pyplot as plt
-
-    row = correlations[(correlations.scope == "all") & (correlations.measure == measure)].iloc[0]
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for name, part in table.groupby("condition", sort=False):
-        ax.scatter(part[measure], part.transfer_drop, label=name)
-        for _, r in part.iterrows():
-            ax.annotate(str(r.depth), (r[measure], r.transfer_drop), fontsize=7)
-    ax.set(xlabel=f"{measure} (labels: layer depth)", ylabel="transfer drop (scratch - frozen)")
-    ax.set_title(f"Spearman rho = {row.rho:.2f} [{row.low:.2f}, {row.high:.2f}], n = {row.n}", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def _markdown(frame: pd.DataFrame) -> str:
-    def cell(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-def summary_markdown(table: pd.DataFrame, correlations: pd.DataFrame, info: Mapping) -> str:
-    """The run's report: settings, the per-(condition, layer) table, the correlations and an honest
-    verdict on whether a shift score predicts the measured drop (``|rho| >= 0.7`` and ``>= CKA``)."""
-    v = verdict(correlations)
-    cols = [
-        "condition",
-        "layer",
-        *SCORES,
-        "cka",
-        "probe_accuracy",
-        "frozen_accuracy",
-        "scratch_accuracy",
-        "transfer_drop",
-    ]
-    out = [f"# Transfer experiment: {info.get('scenario', '')}", ""]
-    out += [f"- {k}: {val}" for k, val in info.items()]
-    out += [
-        "",
-        "## Per condition and layer",
-        "",
-        _markdown(table[cols]),
-        "",
-        "## Spearman rho against transfer_drop (95% paired-bootstrap interval)",
-        "",
-        _markdown(correlations),
-        "",
-    ]
-    if v["best_score"] is None:
-        n = int(np.isfinite(table.transfer_drop.astype(float)).sum())
-        out.append(
-            "No labelled target: measured transfer, and so the correlations, are not available."
-            if n == 0
-            else f"Only {n} labelled (condition, layer) point(s): too few for a rank correlation (need 3)."
-        )
-    else:
-        rho, cka = v["rho"], v["cka_rho"]
-        out.append(
-            f"Best shift score (chosen after seeing the results): **{v['best_score']}**, rho = {rho:.2f} "
-            f"[{v['low']:.2f}, {v['high']:.2f}] over n = {v['n']} (condition, layer) points; CKA: rho = "
-            f"{cka:.2f}. |rho| >= 0.7: **{'yes' if v['predicts'] else 'no'}**; |rho| >= |rho_CKA|: "
-            f"**{'yes' if v['beats_cka'] else 'no'}**. Expected signs (score > 0, CKA < 0): score "
-            f"{'yes' if v['sign_as_expected'] else 'NO'}, CKA {'yes' if v['cka_sign_as_expected'] else 'NO'}. "
-            + (
-                "The shift scores track the measured drop on these data."
-                if v["predicts"] and v["beats_cka"] and v["sign_as_expected"]
-                else "On these data the shift scores do NOT predict the measured transfer drop well enough "
-                "(the experiment was not tuned to change that)."
-            )
-        )
-        out += ["", _diagnostics(table)]
-    return "\n".join(out) + "\n"
-
-
-def _diagnostics(table: pd.DataFrame) -> str:
-    """What limits the correlations: saturated frozen accuracy, drops that do not vary with depth."""
-    labelled = table[np.isfinite(table.transfer_drop.astype(float))]
-    spread = labelled.groupby("condition", sort=False).transfer_drop.agg(lambda d: d.max() - d.min())
-    n_layers = int(labelled.groupby("condition").size().max())
-    saturated = int((labelled.frozen_accuracy >= labelled.frozen_accuracy.max() - 1e-9).sum())
-    text = (
-        f"Diagnostics: the drop varies across layers in {int((spread > 1e-9).sum())} of {len(spread)} "
-        f"condition(s) (elsewhere the per-condition rho is undefined; with {n_layers} layers it takes only a few "
-        f"values, so per-condition intervals say little); frozen accuracy equals its maximum "
-        f"{labelled.frozen_accuracy.max():.3f} in {saturated} of {len(labelled)} points"
-    )
-    if saturated > len(labelled) / 2:
-        text += (
-            ", so most of the spread in the drop comes from the scratch baseline, which all layers of a "
-            "condition share"
-        )
-    return text + "."
-
-
-def write_report(out_dir: str | Path, table: pd.DataFrame, correlations: pd.DataFrame, info: Mapping) -> dict:
-    """Write ``transfer_table.csv``, ``correlations.csv``, ``figures/scores_vs_depth.png``,
-    ``figures/score_vs_drop.png`` (only with labelled targets) and ``summary.md`` into ``out_dir``
-    atomically; returns :func:`verdict`."""
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    v = verdict(correlations)
-    for name, frame in (("transfer_table.csv", table), ("correlations.csv", correlations)):
-        with atomic_path(out_dir / name, ".csv") as tmp:
-            frame.to_csv(tmp, index=False)
-    figures = {"scores_vs_depth.png": plot_scores_vs_depth(table)}
-    if v["best_score"] is not None:
-        figures["score_vs_drop.png"] = plot_score_vs_drop(table, correlations, v["best_score"])
-    for name, fig in figures.items():
-        with atomic_path(out_dir / "figures" / name, ".png") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
-    atomic_write_text(out_dir / "summary.md", summary_markdown(table, correlations, info))
-    return v

@@ -9,6 +9,9 @@
 * :func:`transfer_sweep`: all three per layer, and **transfer_drop = scratch_accuracy -
   frozen_accuracy**: what freezing the source layers up to ``L`` costs (or, when negative, gains)
   compared with learning the whole network on the target under the same budget and seed.
+* :func:`few_shot_transfer`: the experiment's protocol: few-shot target sets drawn per seed
+  (:func:`few_shot_subset`), the source network and a target-trained *reference* each frozen at the
+  same layer and retrained alike; ``transfer_drop = reference - frozen`` (mean and SD over seeds).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from .freezing import prepare_transfer_copy, set_train_mode
 __all__ = [
     "accuracy",
     "finetune",
+    "few_shot_subset",
+    "few_shot_transfer",
     "finetune_accuracy",
     "linear_probe_accuracy",
     "scratch_accuracy",
@@ -162,6 +167,7 @@ def transfer_sweep(
     test: ImageSet,
     *,
     probe: bool = True,
+    scratch: bool = True,
     C: float = 1.0,
     progress: bool = False,
     **finetune_kwargs,
@@ -171,13 +177,14 @@ def transfer_sweep(
     One row per layer (given order) with ``probe_accuracy`` (NaN when ``probe=False``),
     ``frozen_accuracy`` (:func:`finetune_accuracy` frozen up to the layer), ``scratch_accuracy``
     (one baseline shared by all rows), ``transfer_drop = scratch_accuracy - frozen_accuracy`` and
-    ``chance`` (1 / number of classes). ``finetune_kwargs`` (epochs, batch_size, lr, seed, device)
+    ``chance`` (1 / number of classes); ``scratch=False`` skips the baseline (its columns NaN).
+    ``finetune_kwargs`` (epochs, batch_size, lr, seed, device)
     are shared by every training run.
     """
     check_layers(model, list(layers))
     finetune_kwargs.setdefault("num_classes", _num_classes(_checked(train, "train"), _checked(test, "test")))
     device = finetune_kwargs.get("device", "cpu")
-    scratch = scratch_accuracy(model, train, test, **finetune_kwargs)
+    scratch = scratch_accuracy(model, train, test, **finetune_kwargs) if scratch else float("nan")
     rows = []
     for layer in tqdm(list(layers), desc="transfer sweep", disable=not progress):
         frozen = finetune_accuracy(model, layer, train, test, **finetune_kwargs)
@@ -195,3 +202,77 @@ def transfer_sweep(
             }
         )
     return pd.DataFrame(rows)
+
+
+def few_shot_subset(images: ImageSet, shots: int, seed: int = 0) -> ImageSet:
+    """``shots`` images per class of ``images`` ``(I, C, H, W)``, drawn without replacement with
+    ``seed`` (kept in their original order)."""
+    y = _labelled(images, "images")
+    counts = torch.bincount(y)
+    present = counts[counts > 0]
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1 or int(present.min()) < shots:
+        raise ValueError(
+            f"shots must be an integer in [1, {int(present.min())}] (the smallest class has "
+            f"{int(present.min())} images), got {shots!r}; lower shots or pass more images per class."
+        )
+    gen = torch.Generator().manual_seed(seed)
+    keep = [
+        idx[torch.randperm(len(idx), generator=gen)[:shots]]
+        for idx in (torch.nonzero(y == c).flatten() for c in torch.nonzero(counts).flatten())
+    ]
+    return images.subset(torch.sort(torch.cat(keep)).values)  # (classes * shots,)
+
+
+def few_shot_transfer(
+    model: nn.Module,
+    layers: Sequence[str],
+    pool: ImageSet,
+    test: ImageSet,
+    *,
+    reference: nn.Module,
+    shots: int,
+    seeds: Sequence[int] = (0, 1, 2),
+    probe: bool = True,
+    C: float = 1.0,
+    progress: bool = False,
+    **finetune_kwargs,
+) -> pd.DataFrame:
+    """Per-layer transfer of ``model`` to a few-shot target task, against a matched reference.
+
+    For every seed ``s``: ``shots`` labelled images per class are drawn from ``pool``
+    (:func:`few_shot_subset`), and with the same training budget (``finetune_kwargs``: epochs,
+    batch_size, lr, device; seed ``s``) :func:`transfer_sweep` measures ``model`` (source features)
+    and ``reference`` (the same architecture trained on the target task) frozen up to each layer.
+    One row per layer with the mean over seeds and its SD (``*_sd``, ``ddof=1``; 0 for one seed) of
+
+    * ``frozen_accuracy``: ``model`` frozen up to ``L``, the rest re-initialised and retrained;
+    * ``reference_accuracy``: ``reference`` frozen up to ``L``, same retraining (Yosinski et al.
+      2014's "BnB" against the source network's "AnB");
+    * ``probe_accuracy``: logistic regression on ``model``'s pooled layer ``L`` (NaN without probe);
+    * ``scratch_accuracy``: the whole architecture trained on the few shots (shared by all layers);
+    * ``transfer_drop = reference_accuracy - frozen_accuracy`` (mean of the per-seed differences):
+      what using source instead of target features up to ``L`` costs when everything else (data,
+      budget, seed, depth of the cut) is the same; it is near 0 when the layer transfers.
+
+    plus ``shots``, ``n_seeds`` and ``chance``.
+    """
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds is empty; pass at least one seed, e.g. (0, 1, 2).")
+    finetune_kwargs.pop("seed", None)
+    runs = []
+    for s in tqdm(seeds, desc="few-shot seeds", disable=not progress):
+        train = few_shot_subset(pool, shots, seed=s)
+        src = transfer_sweep(model, layers, train, test, probe=probe, C=C, seed=s, **finetune_kwargs)
+        ref = transfer_sweep(
+            reference, layers, train, test, probe=False, scratch=False, seed=s, **finetune_kwargs
+        )
+        src["reference_accuracy"] = ref.frozen_accuracy.to_numpy()
+        src["transfer_drop"] = src.reference_accuracy - src.frozen_accuracy
+        runs.append(src.assign(seed=s))
+    runs = pd.concat(runs, ignore_index=True)
+    cols = ["frozen_accuracy", "reference_accuracy", "probe_accuracy", "scratch_accuracy", "transfer_drop"]
+    grouped = runs.groupby("layer", sort=False)[cols]
+    mean, sd = grouped.mean(), grouped.std(ddof=1).fillna(0.0)  # one seed: SD 0
+    out = mean.join(sd.add_suffix("_sd")).reset_index()
+    return out.assign(shots=shots, n_seeds=len(seeds), chance=float(runs.chance.iloc[0]))

@@ -17,6 +17,8 @@ from PIL import Image
 
 from dpmodels.nets import build_net
 from dpmodels.transfer import experiment as tx
+from dpmodels.transfer import report
+from experiments.callbacks import sweep_table
 from experiments.transfer_schema import register
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +33,9 @@ TINY = [
     "source.score_per_class=12",
     "task.train_per_class=6",
     "task.test_per_class=4",
-    "task.epochs=1",
+    "task.shots=2",
+    "task.seeds=2",
+    "task.epochs=2",
     "task.target_epochs=1",
     "score.truncation=6",
     "score.n_boot=200",
@@ -142,24 +146,24 @@ def test_correlate_and_verdict_on_known_rankings():
     table = _table(
         drop, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [0.9, 0.2, 0.8, 0.3, 0.7, 0.4], ["a"] * 3 + ["b"] * 3
     )
-    corr = tx.correlate(table, n_boot=200)
+    corr = report.correlate(table, n_boot=200)
     every = corr[corr.scope == "all"].set_index("measure")
     assert every.loc["predictive_drop", "rho"] == pytest.approx(1.0)
     assert every.loc["occupancy_jsd", "rho"] == pytest.approx(-1.0)
     # novelty_share is constant here: no rank correlation, and the note says why
     assert np.isnan(every.loc["novelty_share", "rho"]) and "constant" in every.loc["novelty_share", "note"]
     assert set(corr.scope) == {"all", "a", "b"} and (corr[corr.scope == "a"].n == 3).all()
-    v = tx.verdict(corr)
+    v = report.verdict(corr)
     assert (
         v["best_score"] == "predictive_drop" and v["predicts"] and v["beats_cka"]
     )  # first of the |rho| = 1 tie
     assert v["sign_as_expected"] and v["cka_sign_as_expected"] and v["cka_rho"] == pytest.approx(-9 / 35)
     noisy = _table(drop, [3.0, 1.0, 6.0, 2.0, 5.0, 4.0], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], ["a"] * 6)
-    v = tx.verdict(tx.correlate(noisy, n_boot=200))
+    v = report.verdict(report.correlate(noisy, n_boot=200))
     assert not v["beats_cka"] and v["cka_rho"] == pytest.approx(1.0) and not v["cka_sign_as_expected"]
-    assert "do NOT predict" in tx.summary_markdown(
+    assert "do NOT predict" in report.summary_markdown(
         noisy.assign(layer="x", probe_accuracy=0.5, frozen_accuracy=0.5, scratch_accuracy=0.5),
-        tx.correlate(noisy, n_boot=200),
+        report.correlate(noisy, n_boot=200),
         {"scenario": "t"},
     )
 
@@ -190,10 +194,11 @@ def test_an_unlabelled_folder_is_scored_only(tmp_path, one_thread):
         progress=False,
     )
     assert list(table.layer) == ["block1.relu", "block2.relu"] and (table.condition == "folder").all()
-    assert table.predictive_drop.notna().all() and table[["transfer_drop", "cka"]].isna().all().all()
-    corr = tx.correlate(table, n_boot=50)
+    assert table.predictive_drop.notna().all() and table[list(tx.MEASURED_COLUMNS)].isna().all().all()
+    assert list(table.columns[-len(tx.MEASURED_COLUMNS) - 2 : -2]) == list(tx.MEASURED_COLUMNS)
+    corr = report.correlate(table, n_boot=50)
     assert (corr.n == 0).all() and corr.rho.isna().all()
-    v = tx.write_report(tmp_path / "out", table, corr, {"scenario": "folder"})
+    v = report.write_report(tmp_path / "out", table, corr, {"scenario": "folder"})
     assert v["best_score"] is None and not v["predicts"]
     assert sorted(p.name for p in (tmp_path / "out" / "figures").iterdir()) == ["scores_vs_depth.png"]
     assert "No labelled target" in (tmp_path / "out" / "summary.md").read_text()
@@ -204,9 +209,18 @@ def test_cli_tiny_run_writes_every_output(tiny_run):
     table = pd.read_csv(tiny_run / "transfer_table.csv")
     assert list(table.condition) == ["control", "control", "noise=0.3", "noise=0.3"]
     assert list(table.layer) == ["block1.relu", "block2.relu"] * 2
-    for col in (*tx.SCORES, "cka", "probe_accuracy", "frozen_accuracy", "scratch_accuracy"):
+    assert set(tx.MEASURED_COLUMNS) <= set(table.columns)
+    for col in (*tx.SCORES, *tx.MEASURED_COLUMNS):
         assert table[col].notna().all(), col
-    assert np.allclose(table.transfer_drop, table.scratch_accuracy - table.frozen_accuracy)
+    assert (table.shots == 2).all() and (table.n_seeds == 2).all()
+    # the drop is defined against the target-trained reference at the same depth, mean over seeds
+    assert np.allclose(table.transfer_drop, table.reference_accuracy - table.frozen_accuracy)
+    accuracies = table.filter(regex="accuracy$").to_numpy()
+    assert ((accuracies >= 0) & (accuracies <= 1)).all() and (
+        table.filter(regex="_sd$").to_numpy() >= 0
+    ).all()
+    for pair in table.groupby("condition").scratch_accuracy:  # one scratch baseline per condition
+        assert pair[1].nunique() == 1
     # the noisy target is less likely under the source fits than fresh source textures, in every layer
     assert (
         table[table.condition == "noise=0.3"].predictive_drop.to_numpy()
@@ -218,10 +232,37 @@ def test_cli_tiny_run_writes_every_output(tiny_run):
     ok = every.dropna(subset=["rho"])
     assert ((ok.low <= ok.rho + 1e-9) & (ok.rho <= ok.high + 1e-9)).all()
     metrics = json.loads((tiny_run / "metrics.json").read_text())
-    assert metrics["n_points"] == 4 and metrics["layers"] == ["block1.relu", "block2.relu"]
-    assert "|rho| >= 0.7" in (tiny_run / "summary.md").read_text()
-    for name in ("scores_vs_depth.png", "score_vs_drop.png"):
+    assert metrics["n_points"] == 4 and metrics["layer_names"] == ["block1.relu", "block2.relu"]
+    assert metrics["drop_definition"] == report.DROP_DEFINITION
+    assert metrics["measurement_check"]["n_points"] == 4
+    # per-layer scalars that the multirun callback can tabulate
+    assert list(metrics["layers"]) == ["block1.relu", "block2.relu"]
+    layer = metrics["layers"]["block2.relu"]
+    assert layer["transfer_drop_mean"] == pytest.approx(
+        table[table.layer == "block2.relu"].transfer_drop.mean()
+    )
+    summary = (tiny_run / "summary.md").read_text()
+    assert "reference_accuracy(L) - frozen_accuracy(L)" in summary and "Measurement check" in summary
+    figures = ["scores_vs_depth.png"] + (["score_vs_drop.png"] if metrics["verdict"]["best_score"] else [])
+    assert sorted(p.name for p in (tiny_run / "figures").iterdir()) == sorted(figures)
+    for name in figures:
         assert (tiny_run / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow  # reuses the tiny run
+def test_cli_saves_each_layer_posterior_and_a_sweep_table_reads_the_metrics(tiny_run, tmp_path):
+    from dpmodels.diagnostics import load_inference_data
+
+    for layer in ("block1.relu", "block2.relu"):
+        idata = load_inference_data(tiny_run / "posterior" / f"{layer}.nc")
+        assert idata.posterior.sizes["draw"] == 100 and "log_likelihood" in idata.groups()
+    job = tmp_path / "sweep" / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- task.shots=2\n")
+    (job / "metrics.json").write_text((tiny_run / "metrics.json").read_text())
+    rows = sweep_table(tmp_path / "sweep")
+    assert list(rows.layer) == ["block1.relu", "block2.relu"] and (rows["task.shots"] == "2").all()
+    assert rows.frozen_accuracy_mean.between(0, 1).all()
 
 
 @pytest.mark.slow  # a subprocess that imports torch, Pyro and Hydra: ~10 s on a busy 2-core CPU

@@ -9,6 +9,8 @@ import torch
 from dpmodels.data.images import ImageSet
 from dpmodels.transfer import (
     accuracy,
+    few_shot_subset,
+    few_shot_transfer,
     finetune,
     finetune_accuracy,
     frozen_parameter_names,
@@ -102,3 +104,29 @@ def test_bad_input_is_refused(source_model, grating_set):
         finetune(source_model, "5", train)
     with pytest.raises(ValueError, match="single class"):
         linear_probe_accuracy(source_model, "2", train.subset(train.targets == 0), train)
+
+
+def test_few_shot_subset_draws_the_same_number_per_class_by_seed(grating_set):
+    pool = grating_set(64, seed=10)
+    sub = few_shot_subset(pool, 3, seed=0)
+    assert torch.bincount(sub.targets).tolist() == [3, 3, 3, 3]
+    assert sub.names == few_shot_subset(pool, 3, seed=0).names
+    assert sub.names != few_shot_subset(pool, 3, seed=1).names
+    with pytest.raises(ValueError, match="smallest class"):
+        few_shot_subset(pool, 1000)
+
+
+def test_few_shot_transfer_measures_drop_against_a_matched_reference(source_model, grating_set, cnn):
+    pool, test = grating_set(64, freq=0.6, seed=11), grating_set(64, freq=0.6, seed=12)
+    kw = dict(shots=4, seeds=(0, 1), **BUDGET)
+    same = few_shot_transfer(source_model, ["0", "2"], pool, test, reference=source_model, **kw)
+    assert list(same.layer) == ["0", "2"] and (same.n_seeds == 2).all() and (same.shots == 4).all()
+    # a reference identical to the source, same draws and seeds: identical retraining, zero drop
+    assert (same.transfer_drop == 0).all() and (same.frozen_accuracy == same.reference_accuracy).all()
+    torch.manual_seed(5)
+    naive = few_shot_transfer(cnn(4), ["0", "2"], pool, test, reference=source_model, probe=False, **kw)
+    assert naive.probe_accuracy.isna().all()
+    assert (naive.transfer_drop == naive.reference_accuracy - naive.frozen_accuracy).all()
+    # untrained "source" features frozen up to the last block are worse than the trained reference's
+    assert float(naive.transfer_drop.iloc[-1]) > 0.0
+    assert (naive.filter(regex="_sd$").fillna(0).to_numpy() >= 0).all()
