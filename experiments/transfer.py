@@ -30,7 +30,7 @@ from dpmodels.nets import build_net
 from dpmodels.transfer import experiment as tx
 from dpmodels.transfer import report
 
-from .common import mark_done, output_dir, should_run, user_errors
+from .common import mark_done, mark_started, output_dir, should_run, user_errors
 from .transfer_schema import register
 
 matplotlib.use("Agg")
@@ -73,14 +73,9 @@ def run(cfg: DictConfig) -> dict | None:
         "small_cnn", in_channels=3, num_classes=len(TEXTURE_FAMILIES[src_cfg.family]), widths=widths
     )  # untrained: size checks before the (cached) training
     for cond in conditions:
-        tx.check_scoreable(
-            probe_net,
-            layers,
-            cond.score,
-            f"target {cond.name!r}",
-            positions_per_image=score.positions_per_image,
-            min_points=score.min_points,
-        )
+        tx.check_scoreable(probe_net, layers, cond.score, f"target {cond.name!r}",
+                           positions_per_image=score.positions_per_image, min_points=score.min_points)  # fmt: skip
+    mark_started(out_dir, cfg)
     log.info("scenario %s: %d condition(s): %s", sc.name, len(conditions), [c.name for c in conditions])
     model, net_info = obtain_network(
         "small_cnn",
@@ -113,20 +108,13 @@ def run(cfg: DictConfig) -> dict | None:
         progress=cfg.progress,
     )
     corr = report.correlate(table, n_boot=score.n_boot, seed=cfg.seed)
-    measured = (
-        f"{task.shots} labelled target images per class (redrawn per seed, {task.seeds} seeds, mean and SD "
-        f"reported), {task.epochs} epochs, batch {task.batch_size}, lr {task.lr}; reference: the network "
-        f"trained on the {task.train_per_class}-per-class target pool for {task.target_epochs} epochs. The "
-        "budget was chosen from the measured transfer alone (frozen accuracies off ceiling, spread "
-        "across layers), before any correlation with the scores was computed"
-    )
     info = {
         "scenario": sc.name,
         "conditions": [c.name for c in conditions],
         "layers": layers,
         "source": f"small CNN {widths} on texture family {src_cfg.family} (test accuracy "
         f"{net_info.get('test_accuracy', float('nan')):.3f}); DPGMM fitted on fresh source patches",
-        "measured transfer": measured,
+        "measured transfer": report.describe_measurement(OmegaConf.to_container(task)),
         "source network cached": bool(net_info.get("loaded_from_cache", False)),
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }

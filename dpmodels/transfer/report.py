@@ -25,6 +25,7 @@ __all__ = [
     "DROP_DEFINITION",
     "SCORES",
     "correlate",
+    "describe_measurement",
     "layer_summary",
     "measurement_check",
     "plot_score_vs_drop",
@@ -265,3 +266,14 @@ def write_report(out_dir: str | Path, table: pd.DataFrame, correlations: pd.Data
         plt.close(fig)
     atomic_write_text(out_dir / "summary.md", summary_markdown(table, correlations, info))
     return v
+
+
+def describe_measurement(task: dict) -> str:
+    """How the measured transfer was obtained, in words (for summary.md and metrics.json)."""
+    return (
+        f"{task['shots']} labelled target images per class (redrawn per seed, {task['seeds']} seeds, mean and "
+        f"SD reported), {task['epochs']} epochs, batch {task['batch_size']}, lr {task['lr']}; reference: the "
+        f"network trained on the {task['train_per_class']}-per-class target pool for {task['target_epochs']} "
+        "epochs. The budget was chosen from the measured transfer alone (frozen accuracies off ceiling, "
+        "spread across layers), before any correlation with the scores was computed"
+    )
