@@ -17,6 +17,7 @@ import torch
 from ._validation import NotFittedError, as_points, check_device, check_positive_int
 from .data.source import PointSource, spool
 from .infer import FitResult, NaturalOptions, PyroOptions, fit_natural, fit_pyro
+from .infer.degenerate import warn_if_degenerate
 from .models.base_measure import COVARIANCE_TYPES, empirical_base_measure
 from .models.dpgmm import ModelSpec
 from .posterior import MixturePosterior
@@ -49,6 +50,15 @@ class DPGMM:
     mean_precision, dof, scale : base-measure overrides (defaults follow the data).
     progress : show a progress bar while fitting.
     chunk_size : points per E-step chunk (``None``: sized to keep temporaries near 16 MiB).
+    checkpoint : file path for fit checkpoints (natural engine only). The engine's state is saved
+        there atomically at most every ``checkpoint_every`` seconds (``0``: every step); calling
+        ``fit`` again with the same data and settings resumes from it and ends, on CPU, with the
+        same result bit for bit as an uninterrupted fit. A checkpoint of another fit, or a corrupt
+        one, raises :class:`~dpmodels.infer.FitCheckpointError` and is left untouched. It is removed
+        after a successful fit unless ``keep_checkpoint``.
+    checkpoint_every : seconds of wall time between checkpoint saves.
+    keep_checkpoint : keep the final state in ``checkpoint`` after the fit (a repeated call then
+        returns at once with the same result).
     """
 
     def __init__(
@@ -72,6 +82,9 @@ class DPGMM:
         scale=None,
         progress: bool = False,
         chunk_size: int | None = None,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: float = 30.0,
+        keep_checkpoint: bool = False,
     ):
         self.truncation = check_positive_int(truncation, "truncation", "try 30 (an upper bound on clusters)")
         self.prior = prior
@@ -110,6 +123,19 @@ class DPGMM:
         if chunk_size is not None:
             check_positive_int(chunk_size, "chunk_size", "use None to size chunks automatically")
         self.chunk_size = chunk_size
+        if checkpoint is not None and engine != "natural":
+            raise ValueError(
+                f"checkpoint is supported by engine='natural' only, got engine={engine!r}; "
+                "use engine='natural' or checkpoint=None."
+            )
+        if isinstance(checkpoint_every, bool) or not (
+            isinstance(checkpoint_every, (int, float)) and checkpoint_every >= 0
+        ):
+            raise ValueError(
+                f"checkpoint_every must be a number of seconds >= 0, got {checkpoint_every!r}; try 30.0."
+            )
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.checkpoint_every, self.keep_checkpoint = float(checkpoint_every), bool(keep_checkpoint)
 
     # ---- fitting --------------------------------------------------------------------------------
     def _options(self, num_points: int):
@@ -173,8 +199,20 @@ class DPGMM:
                 del points
 
     def _run(self, data, spec: ModelSpec) -> FitResult:
-        fit_fn = fit_natural if self.engine == "natural" else fit_pyro
-        return fit_fn(data, spec, seed=self.seed, options=self._options(data.shape[1]), device=self.device)
+        warn_if_degenerate(data, self.covariance, stacklevel=4)
+        options = self._options(data.shape[1])
+        if self.engine == "pyro":
+            return fit_pyro(data, spec, seed=self.seed, options=options, device=self.device)
+        return fit_natural(
+            data,
+            spec,
+            seed=self.seed,
+            options=options,
+            device=self.device,
+            checkpoint=self.checkpoint,
+            checkpoint_every=self.checkpoint_every,
+            keep_checkpoint=self.keep_checkpoint,
+        )
 
     def _adopt(self, result: FitResult, spec: ModelSpec, index: int) -> None:
         """Take fit ``index`` of a (batched) result as this estimator's fit."""

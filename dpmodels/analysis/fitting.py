@@ -8,9 +8,11 @@ Another disjoint subsample of positions gives a held-out log-likelihood per laye
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -62,11 +64,22 @@ def fit_layers(
     fit_points: int = 20_000,
     heldout_points: int = 5_000,
     seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
     **dpgmm_kwargs,
 ) -> dict[str, LayerFit]:
     """Fit every layer of ``acts``; keyword arguments are those of :class:`dpmodels.DPGMM`.
 
-    Returns the fits in the order of ``acts``."""
+    With ``checkpoint_dir``, every batched call checkpoints its fit to a file there (one per group
+    of layers, named by ``D`` and a hash of the layer names; ``checkpoint_every`` in
+    ``dpgmm_kwargs`` sets the interval). Calling again with the same arguments after a crash
+    resumes: finished groups return their kept final state at once, an unfinished one goes on from
+    its last save, and the results equal those of an uninterrupted call (bit for bit on CPU). The
+    files are removed once every group has finished. Returns the fits in the order of ``acts``."""
+    if "checkpoint" in dpgmm_kwargs or "keep_checkpoint" in dpgmm_kwargs:
+        raise ValueError(
+            "fit_layers names its checkpoint files itself; pass checkpoint_dir=... instead of "
+            "checkpoint/keep_checkpoint."
+        )
     if not acts:
         raise ValueError("fit_layers needs at least one layer; the layer selection matched nothing.")
     rng = np.random.default_rng(seed)
@@ -83,6 +96,7 @@ def fit_layers(
     for name, a in acts.items():
         groups.setdefault(a.num_features, []).append(name)
     fits: dict[str, LayerFit] = {}
+    ckpt_paths: list[Path] = []
     for D, names in groups.items():
         data = []
         for name in names:
@@ -94,10 +108,23 @@ def fit_layers(
             data.append(_read(acts[name], fit_idx))
         log.info("fitting %d layer(s) with D=%d on %d positions each: %s", len(names), D, n_common, names)
         start = time.perf_counter()
+        if checkpoint_dir is not None:
+            tag = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
+            path = Path(checkpoint_dir) / f"fit_D{D}_{tag}.ckpt"
+            dpgmm_kwargs = {**dpgmm_kwargs, "checkpoint": path, "keep_checkpoint": True}
+            ckpt_paths.append(path)
         models = fit_batched(torch.stack(data), seed=seed, **dpgmm_kwargs)
         seconds = time.perf_counter() - start
         for name, model in zip(names, models, strict=True):
             fit_idx, held_idx = splits[name]
             held = model.score(_read(acts[name], held_idx).numpy()) if len(held_idx) else float("nan")
             fits[name] = LayerFit(name, model, fit_idx, held_idx, float(held), seconds, tuple(names))
+    for path in ckpt_paths:  # every group has finished: the kept final states are not needed any more
+        path.unlink(missing_ok=True)
+    if (
+        checkpoint_dir is not None
+        and Path(checkpoint_dir).is_dir()
+        and not any(Path(checkpoint_dir).iterdir())
+    ):
+        Path(checkpoint_dir).rmdir()
     return {name: fits[name] for name in acts}

@@ -111,7 +111,15 @@ def analyze(
     )
 
     t0 = time.perf_counter()
-    fits = fit_layers(acts, seed=seed, **(fitting or {}), device=device, progress=progress, **(dpgmm or {}))
+    fits = fit_layers(
+        acts,
+        seed=seed,
+        **(fitting or {}),
+        device=device,
+        progress=progress,
+        checkpoint_dir=out_dir / "checkpoints",
+        **(dpgmm or {}),
+    )
     timings["fit_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -10,6 +10,7 @@ full-batch passes then polish the result. All ``B`` fits run as one tensor progr
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -20,10 +21,11 @@ from tqdm.auto import tqdm
 
 from ..models.dpgmm import ModelSpec
 from ..models.family import VariationalParams
+from .checkpoint import FitCheckpointer, fingerprint, params_from_state, params_to_state
 from .init import initial_stats
-from .merge import candidate_pairs, try_merges
-from .result import ConvergenceWarning, FitResult, auto_chunk_size, full_pass
-from .updates import Stats, e_step, elbo_from_stats, m_step, select_fits
+from .phases import Tracker, full_batch_phase, minibatch_phase
+from .result import ConvergenceWarning, FitResult, auto_chunk_size
+from .updates import m_step
 
 __all__ = ["NaturalOptions", "fit_natural", "centred_base", "initial_params"]
 
@@ -74,143 +76,6 @@ def initial_params(data: Tensor, spec: ModelSpec, generator: torch.Generator, su
     return m_step(stats, base_c.to(device=device), spec.prior), base_c.to(device=device), shift.to(device)
 
 
-class _Tracker:
-    """ELBO history and per-fit convergence."""
-
-    def __init__(self, num_points: int, tol: float):
-        self.num_points, self.tol = num_points, tol
-        self.history: list[Tensor] = []
-        self.change: Tensor | None = None
-
-    def add(self, elbo: Tensor) -> Tensor:
-        per_point = (elbo / self.num_points).cpu()
-        if self.history:
-            self.change = (per_point - self.history[-1]).abs()
-        self.history.append(per_point)
-        return self.change is not None and bool((self.change < self.tol).all())
-
-
-def _m_step_sorted(stats: Stats, params: VariationalParams, base_c, spec: ModelSpec, sort: bool):
-    """M-step; for stick-breaking priors also try components sorted by size, keep what has the higher ELBO."""
-    new = m_step(stats, base_c, spec.prior, params)
-    elbo = elbo_from_stats(stats, new, base_c, spec.prior)
-    if not (sort and spec.prior.uses_sticks):
-        return new, elbo
-    order = stats.count.argsort(dim=-1, descending=True)
-    sorted_stats = stats.permute(order)
-    cand = m_step(sorted_stats, base_c, spec.prior, params)
-    cand_elbo = elbo_from_stats(sorted_stats, cand, base_c, spec.prior)
-    better = cand_elbo > elbo
-    return select_fits(better, cand, new), torch.where(better, cand_elbo, elbo)
-
-
-def _minibatch_phase(data, shift, params, base_c, spec, opts, generator, device, dtype, tracker, bar):
-    B, N, _ = data.shape
-    M = opts.batch_size
-    stats = None
-    step = 0
-    for _epoch in range(opts.max_epochs):
-        perm = torch.randperm(N, generator=generator)
-        epoch_elbo = []
-        for start in range(0, N - M + 1, M):
-            idx = perm[start : start + M].sort().values
-            x = data[:, idx].to(device=device, dtype=dtype) - shift.to(dtype).unsqueeze(1)
-            params_c = params.map(lambda t: t.to(dtype))
-            batch_stats = e_step(params_c, x)[0].scale(N / M)
-            rho = (step + opts.tau) ** (-opts.kappa)
-            stats = batch_stats if stats is None else stats.blend(batch_stats, rho)
-            params = m_step(stats, base_c, spec.prior, params)
-            epoch_elbo.append(elbo_from_stats(stats, params, base_c, spec.prior))
-            step += 1
-            bar.update(1)
-        tracker.add(torch.stack(epoch_elbo).mean(0))
-        if tracker.change is not None and bool((tracker.change < 10 * opts.tol).all()):
-            break
-    return params, step
-
-
-def _subset(params: VariationalParams, base_c, shift: Tensor, fits: Tensor | None):
-    if fits is None:
-        return params, base_c, shift
-    fields = ("mean", "mean_precision", "dof", "scale")
-    return (
-        params.map(lambda t: t[fits]),
-        replace(base_c, **{f: getattr(base_c, f)[fits] for f in fields}),
-        shift[fits],
-    )
-
-
-def _scatter(params: VariationalParams, fits: Tensor | None, new: VariationalParams) -> VariationalParams:
-    if fits is None:
-        return new
-    out = params.map(lambda t: t.clone())
-    for name, t in new.tensors().items():
-        getattr(out, name)[fits] = t
-    return out
-
-
-def _full_batch_phase(data, shift, params, base_c, spec, opts, passes, chunk, device, dtype, tracker, bar):
-    """Coordinate ascent with merge checks, fit by fit: a fit that has converged (small ELBO change
-    and no merge left that raises its ELBO) drops out of the computation while the others go on."""
-    B, N = data.shape[0], data.shape[1]
-    active = torch.ones(B, dtype=torch.bool)
-    want_check = torch.zeros(B, dtype=torch.bool)
-    rounds = torch.zeros(B, dtype=torch.long)
-    elbo = torch.full((B,), -torch.inf, dtype=torch.float64, device=device)
-    counts = torch.zeros(B, spec.truncation, dtype=torch.float64, device=device)
-    last = torch.full((B,), torch.inf, dtype=torch.float64)
-    steps, n_merges = 0, 0
-    for it in range(passes):
-        act = active.nonzero().flatten()
-        if len(act) == 0:
-            break
-        fits = None if len(act) == B else act.to(device)
-        p_sub, b_sub, s_sub = _subset(params, base_c, shift, fits)
-        can_merge = opts.merge & (rounds[act] < opts.max_merge_rounds)
-        due = it > 0 and it % opts.merge_every == 0
-        check = can_merge & (want_check[act] | due)
-        if bool(check.any()):
-            pairs, valid = candidate_pairs(p_sub, counts if fits is None else counts[fits])
-            valid = valid & check.to(valid.device).unsqueeze(-1)  # merge only the fits that are due
-            stats, comp, pair = full_pass(data, s_sub, p_sub, chunk, device, dtype, pairs, fits)
-        else:
-            stats = full_pass(data, s_sub, p_sub, chunk, device, dtype, fits=fits)
-        new, new_elbo = _m_step_sorted(stats, p_sub, b_sub, spec, opts.sort_components)
-        merged = torch.zeros(len(act), dtype=torch.bool)
-        if bool(check.any()):
-            new, new_elbo, n_merged = try_merges(
-                stats, comp, pair, pairs, valid, new, new_elbo, p_sub, b_sub, spec.prior
-            )
-            merged = (n_merged > 0).cpu()
-            n_merges += int(n_merged.sum())
-            rounds[act] += check.long()
-        params = _scatter(params, fits, new)
-        idx = slice(None) if fits is None else fits
-        change = ((new_elbo - elbo[idx]).abs() / N).cpu()
-        elbo[idx] = new_elbo
-        # N_k of the parameters kept (sorting or a merge may have reordered them): dof = dof0 + N_k
-        counts[idx] = (new.dof - b_sub.dof.unsqueeze(-1)).clamp_min(0.0)
-        last[act] = change
-        small = change < opts.tol
-        done = small & ~merged & (check | ~can_merge)
-        want_check[act] = small & can_merge & ~check
-        active[act[done]] = False
-        tracker.history.append((elbo / N).cpu().clone())
-        steps += 1
-        bar.update(1)
-        bar.set_postfix(elbo_per_point=f"{float(elbo.mean() / N):.4f}", active=int(active.sum()))
-    finite = last[torch.isfinite(last)]
-    return (
-        params,
-        elbo,
-        counts,
-        ~active,
-        steps,
-        n_merges,
-        float(finite.max()) if len(finite) else float("nan"),
-    )
-
-
 def _warm_start(data, spec, generator, seed, opts, device):
     """Fit a random subsample completely; its posterior (in centred float64) starts the full fit."""
     N, n = data.shape[1], opts.warm_start_points
@@ -219,11 +84,11 @@ def _warm_start(data, spec, generator, seed, opts, device):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # the full-data phase decides convergence
         sub = fit_natural(data[:, idx], spec, seed=seed, options=sub_opts, device=device)
-    base_c, shift = centred_base(spec)
+    shift = centred_base(spec)[1]
     params = sub.params.map(lambda t: t.to(device=device, dtype=torch.float64))
     params.mean = params.mean - shift.to(device).unsqueeze(1)
     info = {"points": n, "iterations": sub.n_iter, "merges": sub.info["merges"], "seconds": sub.fit_seconds}
-    return params, base_c.to(device=device), shift.to(device), info
+    return params, info
 
 
 def fit_natural(
@@ -232,8 +97,20 @@ def fit_natural(
     seed: int = 0,
     options: NaturalOptions | None = None,
     device: str | torch.device = "cpu",
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: float = 30.0,
+    keep_checkpoint: bool = False,
 ) -> FitResult:
-    """Fit ``B`` mixtures to ``data (B, N, D)`` with closed-form natural-gradient updates."""
+    """Fit ``B`` mixtures to ``data (B, N, D)`` with closed-form natural-gradient updates.
+
+    With ``checkpoint`` (a file path) the engine's full state is saved there atomically at most
+    every ``checkpoint_every`` seconds of wall time (``0``: after every step); a call that finds a
+    matching checkpoint resumes from it and, on CPU, ends with bit-for-bit the result of an
+    uninterrupted fit. A checkpoint from another fit (other data or settings) or an unreadable one
+    raises :class:`~dpmodels.infer.checkpoint.FitCheckpointError` and is left untouched. After a
+    successful fit the file is removed, unless ``keep_checkpoint`` (then it holds the final state,
+    and calling again returns the same result at once).
+    """
     opts = options or NaturalOptions()
     device = torch.device(device)
     dtype = data.dtype if data.dtype in (torch.float32, torch.float64) else torch.float32
@@ -244,25 +121,73 @@ def fit_natural(
     generator = torch.Generator().manual_seed(seed)
     start_time = time.perf_counter()
     minibatch = opts.batch_size is not None and opts.batch_size < N
-    warm = opts.warm_start_points
-    if not minibatch and warm is not None and N > 2 * warm:
-        params, base_c, shift, warm_info = _warm_start(data, spec, generator, seed, opts, device)
-    else:
-        params, base_c, shift = initial_params(data, spec, generator, opts.init_subsample, device)
-        warm_info = None
-    tracker = _Tracker(N, opts.tol)
-    total = opts.max_epochs * (N // opts.batch_size) if minibatch else opts.max_iter
-    n_steps, converged = 0, False
-    with tqdm(total=total, desc=f"natural VI (B={B}, K={K})", disable=not opts.progress, leave=False) as bar:
-        if minibatch:
-            params, n_steps = _minibatch_phase(
-                data, shift, params, base_c, spec, opts, generator, device, dtype, tracker, bar
-            )
-        passes = max(1, opts.final_passes if minibatch else opts.max_iter)  # at least one full pass
-        params, elbo, counts, conv, steps, n_merges, last_change = _full_batch_phase(
-            data, shift, params, base_c, spec, opts, passes, chunk, device, dtype, tracker, bar
+    ckpt = None
+    if checkpoint is not None:
+        ckpt = FitCheckpointer(
+            checkpoint, checkpoint_every, fingerprint(data, spec, seed, opts, chunk, dtype, device)
         )
-        n_steps += steps
+    saved = ckpt.load() if ckpt is not None else None
+    tracker = Tracker(N, opts.tol)
+    base_c, shift = centred_base(spec)
+    base_c, shift = base_c.to(device=device), shift.to(device)
+    if saved is not None:
+        params = params_from_state(saved["params"], device)
+        generator.set_state(saved["generator"])
+        tracker.restore(saved["tracker"])
+        warm_info, phase, elapsed = saved["warm_info"], saved["phase"], saved["elapsed"]
+    else:
+        warm = opts.warm_start_points
+        if not minibatch and warm is not None and N > 2 * warm:
+            params, warm_info = _warm_start(data, spec, generator, seed, opts, device)
+        else:
+            params = initial_params(data, spec, generator, opts.init_subsample, device)[0]
+            warm_info = None
+        phase, elapsed = ("minibatch" if minibatch else "full"), 0.0
+
+    last_full = []  # the full phase's latest state function (for the final save)
+
+    def on_step(name: str, state_fn, current: VariationalParams, force: bool = False) -> None:
+        if ckpt is None:
+            return
+        if name == "full":
+            last_full[:] = [state_fn]
+        if not (force or ckpt.due()):
+            return
+        ckpt.save(
+            {
+                "phase": name,
+                name: state_fn(),
+                "params": params_to_state(current),
+                "generator": generator.get_state(),
+                "tracker": tracker.state(),
+                "warm_info": warm_info,
+                "mb_steps": mb_steps,
+                "elapsed": elapsed + time.perf_counter() - start_time,
+            }
+        )
+
+    total = opts.max_epochs * (N // opts.batch_size) if minibatch else opts.max_iter
+    mb_steps = 0
+    with tqdm(total=total, desc=f"natural VI (B={B}, K={K})", disable=not opts.progress, leave=False) as bar:
+        if phase == "minibatch":
+            params, mb_steps = minibatch_phase(
+                data, shift, params, base_c, spec, opts, generator, device, dtype, tracker, bar, on_step,
+                saved["minibatch"] if saved is not None else None,
+            )  # fmt: skip
+        elif minibatch:
+            mb_steps = saved["mb_steps"]
+        resume_full = saved.get("full") if saved is not None and phase == "full" else None
+        passes = max(1, opts.final_passes if minibatch else opts.max_iter)  # at least one full pass
+        params, elbo, counts, conv, steps, n_merges, last_change = full_batch_phase(
+            data, shift, params, base_c, spec, opts, passes, chunk, device, dtype, tracker, bar, on_step,
+            resume_full,
+        )  # fmt: skip
+        n_steps = mb_steps + steps
+    if ckpt is not None:
+        if keep_checkpoint and last_full:
+            on_step("full", last_full[0], params, force=True)
+        elif not keep_checkpoint:
+            ckpt.remove()
     converged = bool(conv.all())
     if not converged:
         warnings.warn(
@@ -283,7 +208,7 @@ def fit_natural(
         num_points=N,
         n_iter=n_steps,
         converged=conv,
-        fit_seconds=time.perf_counter() - start_time,
+        fit_seconds=elapsed + time.perf_counter() - start_time,
         engine="natural",
         info={"chunk_size": chunk, "minibatch": minibatch, "merges": n_merges, "warm_start": warm_info},
     )

@@ -1,0 +1,85 @@
+"""Detect data whose empirical covariance is singular, and say so with a warning.
+
+Degenerate activations are common in convnets: dead ReLU units give channels that are zero at
+every position, copied or linearly dependent channels give a rank-deficient covariance, and a
+layer sampled at fewer positions than it has channels (``N <= D``) cannot have a full-rank
+covariance. The engines stay finite on such data (the base measure carries a ridge), but the
+fitted covariances along the missing directions are set by that ridge, not by the data; the
+warning names the channels and what to do about it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+__all__ = ["DegenerateDataWarning", "degenerate_report", "warn_if_degenerate"]
+
+
+class DegenerateDataWarning(UserWarning):
+    """The data have constant channels or a singular empirical covariance (the fit still runs)."""
+
+
+def degenerate_report(
+    data, covariance: str = "full", rtol: float = 1e-10, chunk_size: int = 65_536
+) -> list[str]:
+    """Problems found in ``data (B, N, D)`` (tensor or :class:`~dpmodels.data.PointSource`), one line each.
+
+    Checks, per fit: channels that hold one value at every point (exact, by min == max); for
+    ``covariance="full"`` also ``N <= D`` and a correlation matrix of the non-constant channels
+    whose smallest eigenvalue is below ``rtol`` (duplicated or linearly dependent channels).
+    One chunked pass over the data, in float64.
+    """
+    B, N, D = data.shape
+    lo = torch.full((B, D), torch.inf, dtype=torch.float64)
+    hi = torch.full((B, D), -torch.inf, dtype=torch.float64)
+    pivot = data[:, :1].double().cpu()  # (B, 1, D): centring keeps the scatter accurate
+    s1 = torch.zeros(B, D, dtype=torch.float64)
+    s2 = torch.zeros(B, D, D, dtype=torch.float64)
+    for start in range(0, N, chunk_size):
+        x = data[:, start : start + chunk_size].double().cpu()  # (B, n, D)
+        lo, hi = torch.minimum(lo, x.amin(1)), torch.maximum(hi, x.amax(1))
+        if covariance == "full":
+            c = x - pivot
+            s1 += c.sum(1)
+            s2 += c.transpose(1, 2) @ c  # (B, D, D)
+    problems = []
+    for b in range(B):
+        where = f"data set {b}: " if B > 1 else ""
+        const = (lo[b] == hi[b]).nonzero().flatten().tolist()
+        if const:
+            problems.append(f"{where}{len(const)} of {D} channels are constant (first: {const[:8]})")
+        if covariance != "full":
+            continue
+        if N <= D:
+            problems.append(f"{where}N={N} points <= D={D} features: the empirical covariance is singular")
+            continue
+        keep = (lo[b] != hi[b]).nonzero().flatten()
+        if len(keep) < 2:
+            continue
+        mean = s1[b, keep] / N
+        cov = s2[b][keep][:, keep] / N - mean.unsqueeze(-1) * mean.unsqueeze(-2)  # (D', D')
+        sd = cov.diagonal().clamp_min(1e-300).sqrt()
+        corr = cov / (sd.unsqueeze(-1) * sd.unsqueeze(-2))
+        smallest = float(torch.linalg.eigvalsh(corr)[0])
+        if smallest < rtol:
+            problems.append(
+                f"{where}duplicated or linearly dependent channels: the correlation matrix's smallest "
+                f"eigenvalue is {smallest:.1e} (singular covariance)"
+            )
+    return problems
+
+
+def warn_if_degenerate(data, covariance: str = "full", stacklevel: int = 2) -> list[str]:
+    """Issue one :class:`DegenerateDataWarning` listing :func:`degenerate_report`'s findings; returns them."""
+    problems = degenerate_report(data, covariance)
+    if problems:
+        warnings.warn(
+            "degenerate data: " + "; ".join(problems) + ". The fit runs, but covariances along these "
+            "directions come from the prior's ridge, not from the data; drop constant or duplicated "
+            "channels, project with PCA (dpmodels.activations), or use covariance='diag'.",
+            DegenerateDataWarning,
+            stacklevel=stacklevel,
+        )
+    return problems
