@@ -34,45 +34,97 @@ def _entropy(p: Tensor, dim: int) -> Tensor:
     return -torch.where(p > 0, p * torch.log(p), torch.zeros_like(p)).sum(dim)
 
 
+# A component whose weight is below this in every draw is left out of the per-draw responsibilities,
+# subject to the per-point check of ``_mutual_information`` (which makes the result exact to float64).
+NEGLIGIBLE_WEIGHT = 1e-12
+# Dropped components may carry at most this share of a point's density in any draw: exp(-41.6) =
+# 2**-60. Then every kept responsibility changes by a relative factor in [1 - 2**-60, 1], every
+# dropped one is <= 2**-60, and each entropy by at most 2**-60 * (61 ln 2 + ln K + 1) < 1e-16 nats:
+# below float64 rounding of O(1) entropies. Points that fail the check are recomputed exactly.
+_LOG_DROP_BOUND = -60.0 * math.log(2.0)
+
+
 def _draw_terms(posterior: MixturePosterior, num_draws: int, seed: int) -> dict[str, Tensor]:
-    """Per-draw float64 constants of ``log w_k + log N(x; mu_k, Lambda_k^-1)`` for ``B = 1``."""
+    """Per-draw float64 coefficients of ``log w_k + log N(x; mu_k, Lambda_k^-1)`` for ``B = 1``, as a
+    linear function of the quadratic features of ``x`` (see ``_features``).
+
+    Returns ``coef (F, S, K)``, ``log_peak (S, K)``: ``log w_k + max_x log N(x; ...)``, an upper bound
+    of each component's log joint at any point, and ``keep (K,)``: components not negligible in
+    every draw."""
     with torch.random.fork_rng(devices=[]):  # MixturePosterior.sample reseeds the global RNG
         draws = posterior.sample(num_draws, seed=seed, dtype=torch.float64)
     f64 = torch.float64
     log_w = draws["log_weights"][:, 0].to(f64)  # (S, K)
     means = draws["means"][:, 0].to(f64)  # (S, K, D)
-    prec = draws["precisions"][:, 0].to(f64)  # (S, K, D, D) full or (S, K, D) diag
-    D = means.shape[-1]
+    S, K, D = means.shape
     if posterior.covariance_type == "full":
-        tril = draws["precision_trils"][:, 0]  # Lambda = T T^T, exact from the Bartlett draw  (S, K, D, D)
+        tril = draws["precision_trils"][:, 0].to(
+            f64
+        )  # Lambda = T T^T, exact from the Bartlett draw  (S, K, D, D)
         log_det = 2.0 * torch.log(tril.diagonal(dim1=-2, dim2=-1)).sum(-1)  # (S, K)
-        factor = tril
+        prec = tril @ tril.transpose(-1, -2)  # (S, K, D, D)
+        iu = torch.triu_indices(D, D)
+        pair = torch.where(iu[0] == iu[1], 1.0, 2.0).to(f64)  # x_i x_j appears twice off the diagonal
+        quad = prec[..., iu[0], iu[1]] * pair  # (S, K, D(D+1)/2)
+        lin = (prec @ means.unsqueeze(-1)).squeeze(-1)  # Lambda mu  (S, K, D)
     else:
+        prec = draws["precisions"][:, 0].to(f64)  # (S, K, D)
         log_det = torch.log(prec).sum(-1)  # (S, K)
-        factor = prec
-    const = log_w + 0.5 * log_det - 0.5 * D * math.log(2 * math.pi)  # (S, K)
-    return {"const": const, "means": means, "factor": factor}
+        quad = prec  # (S, K, D)
+        lin = prec * means  # (S, K, D)
+    log_peak = log_w + 0.5 * log_det - 0.5 * D * math.log(2 * math.pi)  # (S, K)
+    mu_lambda_mu = (lin * means).sum(-1)  # (S, K)
+    # log joint = log_peak - 0.5 (x' Lambda x - 2 mu' Lambda x + mu' Lambda mu)
+    coef = torch.cat([-0.5 * quad, lin, (log_peak - 0.5 * mu_lambda_mu).unsqueeze(-1)], -1)  # (S, K, F)
+    keep = (log_w > math.log(NEGLIGIBLE_WEIGHT)).any(0)  # (K,)
+    return {"coef": coef.permute(2, 0, 1).contiguous(), "log_peak": log_peak, "keep": keep}
+
+
+def _features(x: Tensor, full: bool) -> Tensor:
+    """``(n, F)`` features whose linear map gives every component's log joint: the products
+    ``x_i x_j`` (``i <= j``; full) or ``x_i^2`` (diag), then ``x`` and a 1."""
+    D = x.shape[1]
+    if full:
+        iu = torch.triu_indices(D, D, device=x.device)
+        quad = x[:, iu[0]] * x[:, iu[1]]  # (n, D(D+1)/2)
+    else:
+        quad = x * x  # (n, D)
+    return torch.cat([quad, x, torch.ones_like(x[:, :1])], 1)  # (n, F)
+
+
+def _entropies(log_joint: Tensor) -> tuple[Tensor, Tensor]:
+    """``(total, aleatoric)`` ``(n,)`` from per-draw log joints ``(n, S, K)`` (overwritten).
+
+    With ``a = log_joint - max``, ``Z = sum exp(a)`` and ``p = exp(a) / Z``: ``H[p] = log Z - sum p a``
+    (no ``log p``, no ``0 log 0`` case; every ``a`` is finite)."""
+    a = log_joint.sub_(log_joint.amax(-1, keepdim=True))  # (n, S, K), max 0
+    p = a.exp()  # unnormalised  (n, S, K)
+    Z = p.sum(-1, keepdim=True)  # (n, S, 1), >= 1
+    p.div_(Z)  # p(z | x, theta_s)  (n, S, K)
+    aleatoric = (Z.squeeze(-1).log() - torch.einsum("nsk,nsk->ns", p, a)).mean(1)  # E_theta H[p]  (n,)
+    return _entropy(p.mean(1), 1), aleatoric  # H[E_theta p]  (n,)
 
 
 def _mutual_information(x: Tensor, terms: dict[str, Tensor], full: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """``(total, aleatoric, epistemic)`` entropies ``(n,)`` for a float64 chunk ``x (n, D)``."""
-    const, means, factor = terms["const"], terms["means"], terms["factor"]
-    S, K = const.shape
-    mean_p = torch.zeros(x.shape[0], K, dtype=x.dtype, device=x.device)  # (n, K)
-    aleatoric = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)  # (n,)
-    for s in range(S):
-        diff = x.unsqueeze(0) - means[s].unsqueeze(1)  # (K, n, D)
-        if full:
-            maha = (diff @ factor[s]).pow(2).sum(-1)  # |L^T (x - mu)|^2  (K, n)
-        else:
-            maha = (diff.pow(2) * factor[s].unsqueeze(1)).sum(-1)  # (K, n)
-        log_joint = const[s].unsqueeze(1) - 0.5 * maha  # (K, n)
-        p = torch.softmax(log_joint, dim=0)  # p(z | x, theta_s)  (K, n)
-        mean_p += p.T
-        aleatoric += _entropy(p, 0)
-    mean_p /= S
-    aleatoric /= S
-    total = _entropy(mean_p, 1)  # H[E_theta p]  (n,)
+    """``(total, aleatoric, epistemic)`` entropies ``(n,)`` for a float64 chunk ``x (n, D)``.
+
+    All ``S x K`` log joints come from one matrix product of the chunk's quadratic features (no
+    ``(S, K, n, D)`` temporaries). Components negligible in every draw are left out unless, at some
+    point, the bound on their density (``log_peak``) could exceed ``2**-60`` of the kept density
+    in a draw; such points are recomputed with all components."""
+    coef, keep, log_peak = terms["coef"], terms["keep"], terms["log_peak"]
+    F_, S, K = coef.shape
+    feats = _features(x, full)  # (n, F)
+    kept = coef[:, :, keep] if not bool(keep.all()) else coef  # (F, S, K')
+    log_joint = (feats @ kept.reshape(F_, -1)).view(x.shape[0], S, -1)  # (n, S, K')
+    redo = None
+    if kept.shape[-1] < K:
+        log_dropped = torch.logsumexp(log_peak[:, ~keep], -1)  # bound on the dropped log density  (S,)
+        redo = (log_dropped - torch.logsumexp(log_joint, -1) > _LOG_DROP_BOUND).any(1)  # (n,)
+    total, aleatoric = _entropies(log_joint)
+    if redo is not None and bool(redo.any()):
+        full_joint = (feats[redo] @ coef.reshape(F_, -1)).view(-1, S, K)  # (r, S, K)
+        total[redo], aleatoric[redo] = _entropies(full_joint)
     return total, aleatoric, (total - aleatoric).clamp_min(0.0)
 
 
@@ -96,7 +148,7 @@ def point_uncertainty(
     """Labels, confidence, entropy, epistemic/aleatoric split and novelty of every point.
 
     ``posterior``: a ``MixturePosterior`` with ``B = 1``. ``points``: ``(N, D)`` tensor, array or
-    memmap, read ``chunk_size`` rows at a time (default: sized so the ``(K, n, D)`` float64
+    memmap, read ``chunk_size`` rows at a time (default: sized so the ``(n, S, K)`` float64
     temporaries stay near 16 MiB). Returns CPU tensors ``(N,)``: ``labels`` int64, the rest float64.
     """
     if posterior.batch_size != 1:
@@ -109,7 +161,7 @@ def point_uncertainty(
     N, D = int(points.shape[0]), int(points.shape[1])
     K = posterior.truncation
     if chunk_size is None:
-        chunk_size = max(256, 2**21 // (K * D))
+        chunk_size = max(256, 2**21 // (K * num_draws))
     device = posterior.params.mean.device
     terms = _draw_terms(posterior, num_draws, seed)
     full = posterior.covariance_type == "full"
