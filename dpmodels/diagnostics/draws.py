@@ -48,17 +48,26 @@ def single_threaded() -> Iterator[None]:
 
 def _component_log_density(x: Tensor, means: Tensor, precisions: Tensor, covariance: str) -> Tensor:
     """``log N(x_n | mu_k, Lambda_k^-1)`` ``(M, N, K)`` for ``x (N, D)`` (or one data set per draw,
-    ``(M, N, D)``), ``means (M, K, D)`` and ``precisions (M, K, D, D)`` (full) or ``(M, K, D)``."""
+    ``(M, N, D)``), ``means (M, K, D)`` and ``precisions (M, K, D, D)`` (full) or ``(M, K, D)``.
+
+    Full covariance: with ``Lambda = L L^T``, ``L^T (x - mu) = L^T x - L^T mu``; for a shared ``x`` the
+    first term is one matrix product ``(N, D) @ (D, M K D)``, so no ``(M, N, K, D, D)`` broadcast is
+    ever formed (temporaries stay ``(N, M, K, D)``; callers pass a few draws at a time)."""
     D = x.shape[-1]
-    xx = x if x.dim() == 3 else x.unsqueeze(0)  # (M | 1, N, D)
-    diff = xx[:, :, None, :] - means[:, None]  # (M, N, K, D)
     if covariance == "full":
         chol = torch.linalg.cholesky(precisions)  # (M, K, D, D), Lambda = L L^T
-        y = (diff.unsqueeze(-2) @ chol.unsqueeze(1)).squeeze(-2)  # (M, N, K, D): L^T (x - mu)
-        maha = y.pow(2).sum(-1)
         log_det = 2.0 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)  # (M, K)
+        lt_mu = (means.unsqueeze(-2) @ chol).squeeze(-2)  # (M, K, D): (L^T mu)^T
+        if x.dim() == 2:
+            M, K = means.shape[:2]
+            lt_x = (x @ chol.permute(2, 0, 1, 3).reshape(D, -1)).view(-1, M, K, D)  # (N, M, K, D)
+            maha = (lt_x - lt_mu).pow_(2).sum(-1).permute(1, 0, 2)  # (M, N, K)
+        else:  # one data set per draw
+            lt_x = torch.einsum("mnd,mkde->mnke", x, chol)  # (M, N, K, D)
+            maha = (lt_x - lt_mu[:, None]).pow_(2).sum(-1)  # (M, N, K)
     else:
-        maha = (diff.pow(2) * precisions[:, None]).sum(-1)  # (M, N, K)
+        xx = x if x.dim() == 3 else x.unsqueeze(0)  # (M | 1, N, D)
+        maha = ((xx[:, :, None, :] - means[:, None]).pow(2) * precisions[:, None]).sum(-1)  # (M, N, K)
         log_det = torch.log(precisions).sum(-1)
     return 0.5 * log_det[:, None] - 0.5 * D * LOG_2PI - 0.5 * maha
 
@@ -69,7 +78,7 @@ def mixture_log_likelihood(
     means: np.ndarray | Tensor,
     precisions: np.ndarray | Tensor,
     covariance: str,
-    chunk: int = 64,
+    chunk: int = 8,
 ) -> np.ndarray:
     """Pointwise ``log p(x_n | theta) = log sum_k w_k N(x_n | mu_k, Lambda_k^-1)`` in nats.
 
