@@ -70,6 +70,9 @@ class LayersConf:
     standardize: bool = True  # per-channel standardisation before PCA
     pca_dim: int | None = 16  # PCA dimensions per layer; null = raw channels
     batch_size: int = 64  # images per forward pass
+    # texture energy: odd side of a window of map positions averaged around each position before
+    # positions are taken (receptive field grows by (smooth - 1) * stride); null = raw activations
+    smooth: int | None = None
     on_disk: bool = False  # stream activations to memory-mapped files in the run directory
 
 
@@ -97,6 +100,7 @@ class InferConf:
     heldout_points: int = 5_000  # other positions, for held-out log-likelihood
     num_draws: int = 64  # posterior draws for epistemic maps and InferenceData
     active_threshold: float = 0.01  # share of points a cluster must explain to count
+    checkpoint_every: float = 30.0  # seconds between fit checkpoints (a killed run resumes from them)
     progress: bool = True
 
 

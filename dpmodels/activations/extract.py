@@ -27,6 +27,7 @@ from .._validation import check_device, check_positive_int
 from ..data.images import ImageSet
 from ._graph import Tap, first_conv_channels, layer_names, model_device, preserve_mode
 from .layers import conv_layers, list_layers
+from .smooth import check_smooth, smooth_geometry, smooth_maps
 from .store import MANIFEST, RowWriter, layer_record, safe_stems, save_transform, write_json
 from .transform import Moments, apply_blocks, check_transforms, fit_transform, transform_file
 from .types import FeatureTransform, LayerActivations
@@ -109,6 +110,7 @@ def extract(
     seed: int = 0,
     progress: bool = True,
     normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    smooth: int | None = None,
 ) -> dict[str, LayerActivations]:
     """Position vectors of ``layers`` of ``model`` for ``images``: ``{layer: LayerActivations}``.
 
@@ -122,11 +124,16 @@ def extract(
     ``pca_dim >= C``). ``transforms``: apply these fitted transforms (e.g. a source data set's
     ``acts[layer].transform``) instead of fitting new ones. ``store``: a directory to stream points
     to (see :mod:`dpmodels.activations.store`); ``overwrite`` allows replacing an existing store.
+    ``smooth``: odd side of a window of map positions; each layer's ``(C, H_l, W_l)`` map is
+    replaced by its local mean over that window before positions are taken (texture energy, see
+    :mod:`dpmodels.activations.smooth`; the geometry's receptive field grows by
+    ``(smooth - 1) * stride``); ``None`` for the raw activations.
     """
     x, names = as_images(images)
     I, C, H, W = x.shape
     batch_size = check_positive_int(batch_size, "batch_size", "e.g. batch_size=64")
     dev = check_device(device)
+    smooth = check_smooth(smooth)
     if positions_per_image is not None:
         positions_per_image = check_positive_int(
             positions_per_image, "positions_per_image", "or None for all"
@@ -201,9 +208,11 @@ def extract(
                 outs = tap(xb)
                 b = xb.shape[0]
                 for n, o in outs.items():
+                    if smooth is not None:
+                        o = smooth_maps(o, smooth)  # local mean per channel  (b, C, H_l, W_l)
                     Cl, Hl, Wl = o.shape[1:]
                     flat = o.float().permute(0, 2, 3, 1).reshape(b, Hl * Wl, Cl).cpu()  # (b, H_l W_l, C)
-                    sel = torch.from_numpy(np.ascontiguousarray(samplers[n](b)))  # (b, k)
+                    sel = torch.from_numpy(np.array(samplers[n](b), dtype=np.int64))  # writable copy  (b, k)
                     pts = torch.gather(flat, 1, sel[..., None].expand(-1, -1, Cl)).reshape(-1, Cl)  # (b k, C)
                     img = torch.arange(i0, i0 + b).repeat_interleave(sel.shape[1])  # (b k,)
                     idx = torch.stack([img, (sel // Wl).reshape(-1), (sel % Wl).reshape(-1)], 1)  # (b k, 3)
@@ -242,9 +251,10 @@ def extract(
             "layer_type": info.module_type, "channels": info.shape[0], "positions_per_image": positions_per_image,
             "seed": seed, "standardize": standardize, "pca_dim": pca_dim, "transfer": transforms is not None,
             "model": type(model).__name__, "tap": mode, "store": None if directory is None else str(directory),
-            **notes,
+            "smooth": smooth, "unsmoothed_receptive_field": list(info.geometry.receptive_field), **notes,
         }  # fmt: skip
-        acts = LayerActivations(n, points, index, info.geometry, I, transform, list(names), meta)
+        geometry = smooth_geometry(info.geometry, smooth)
+        acts = LayerActivations(n, points, index, geometry, I, transform, list(names), meta)
         if directory is not None:
             if transform is not None:
                 save_transform(directory / f"{stems[n]}.transform.npz", transform)
