@@ -82,4 +82,5 @@ def dpgmm_kwargs(prior: DictConfig, infer: DictConfig) -> dict:
         "max_iter": infer.max_iter,
         "tol": infer.tol,
         "active_threshold": infer.active_threshold,
+        "checkpoint_every": infer.checkpoint_every,
     }

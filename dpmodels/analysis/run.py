@@ -51,7 +51,19 @@ def _layer_metrics(fit: LayerFit, maps: LayerMaps, evaluation: dict | None, k_dr
         "mean_epistemic": float(np.nanmean(maps.epistemic.numpy())),
     }
     if evaluation is not None:
-        keep = ("ari", "nmi", "miou", "matched_accuracy", "k_true", "k_error", "entropy_auroc", "ece")
+        keep = (
+            "ari",
+            "nmi",
+            "miou",
+            "matched_accuracy",
+            "k_true",
+            "k_error",
+            "entropy_auroc",
+            "ece",
+            "entropy_auroc_majority",
+            "ece_majority",
+            "majority_accuracy",
+        )
         out.update({k: evaluation[k] for k in keep if k in evaluation})
         per_image = evaluation.get("per_image", {})
         for k in ("ari", "nmi"):
@@ -195,6 +207,7 @@ def _raw_points(model, images, name, acts, device, seed) -> torch.Tensor | None:
         seed=seed,
         progress=False,
         positions_per_image=acts[name].meta.get("positions_per_image"),
+        smooth=acts[name].meta.get("smooth"),
     )[name]
     if not torch.equal(raw.index, acts[name].index):
         raise RuntimeError(f"layer {name!r}: raw and transformed extraction sampled different positions.")

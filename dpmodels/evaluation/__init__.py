@@ -8,7 +8,7 @@ from .baselines import (
     kmeans_silhouette,
     nmf_factorization,
 )
-from .metrics import ECE_BINS, calibration_error, evaluate_labels, hungarian_match
+from .metrics import ECE_BINS, calibration_error, evaluate_labels, hungarian_match, majority_match
 from .report import RESOLUTIONS, evaluate_layer, evaluate_point_labels, evaluation_table
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "evaluate_point_labels",
     "evaluation_table",
     "hungarian_match",
+    "majority_match",
     "kmeans_fixed",
     "kmeans_silhouette",
     "nmf_factorization",

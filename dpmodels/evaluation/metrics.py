@@ -13,6 +13,17 @@ distinct true labels present (over the set and per image, where ``K̂`` per imag
 clusters present in it); calibration: AUROC of the entropy for detecting misassigned pixels (label
 differs from its matched truth) and the expected calibration error of the maximum responsibility
 against correctness (15 equal-width bins).
+
+Two matchings define "correct" for the calibration metrics:
+
+* one-to-one (``entropy_auroc``, ``ece``): the Hungarian matching above; every pixel of a cluster
+  left unmatched counts as misassigned, so a method that splits one true region into several pure
+  clusters is penalised for the split itself (this measures segmentation at the true K);
+* many-to-one (``entropy_auroc_majority``, ``ece_majority``): each cluster is matched to the true
+  label holding most of its pixels (:func:`majority_match`), several clusters may share a label,
+  and a pixel is misassigned only when it differs from its cluster's majority label. This measures
+  whether the uncertainty flags the pixels a cluster gets wrong, independently of over-clustering
+  (it is trivially perfect for one cluster per pixel, so read it beside NMI/ARI and ``k_hat``).
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, roc_auc_score
 
-__all__ = ["ECE_BINS", "calibration_error", "hungarian_match", "evaluate_labels"]
+__all__ = ["ECE_BINS", "calibration_error", "evaluate_labels", "hungarian_match", "majority_match"]
 
 ECE_BINS = 15
 
@@ -49,6 +60,29 @@ def hungarian_match(pred: np.ndarray, true: np.ndarray) -> tuple[dict[int, int],
     per_true = np.zeros(len(t_ids))
     per_true[cols] = iou[rows, cols]
     return {int(p_ids[r]): int(t_ids[c]) for r, c in zip(rows, cols, strict=True)}, per_true, t_ids
+
+
+def majority_match(pred: np.ndarray, true: np.ndarray) -> dict[int, int]:
+    """Many-to-one matching: each predicted cluster -> the true label most of its pixels carry (ties:
+    the smallest label). ``pred``, ``true``: ``(n,)`` non-negative labels."""
+    p_ids, p_inv = np.unique(pred, return_inverse=True)
+    t_ids, t_inv = np.unique(true, return_inverse=True)
+    conf = np.zeros((len(p_ids), len(t_ids)))
+    np.add.at(conf, (p_inv, t_inv), 1.0)  # confusion counts (K_pred, K_true)
+    return {int(p): int(t_ids[j]) for p, j in zip(p_ids, conf.argmax(1), strict=True)}
+
+
+def _calibration(out: dict, suffix: str, correct: np.ndarray, valid, pred_shape, entropy, confidence) -> None:
+    """Fill ``entropy_auroc<suffix>`` and ``ece<suffix>`` given per-pixel correctness ``(n,)``."""
+    if entropy is not None:
+        e = np.asarray(entropy, dtype=float)[valid]
+        ok = np.isfinite(e)
+        if 0 < (~correct[ok]).sum() < ok.sum():
+            out[f"entropy_auroc{suffix}"] = float(roc_auc_score(~correct[ok], e[ok]))
+    if confidence is not None:
+        c = np.asarray(confidence, dtype=float)[valid]
+        ok = np.isfinite(c)
+        out[f"ece{suffix}"] = calibration_error(np.clip(c[ok], 0.0, 1.0), correct[ok])
 
 
 def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -118,19 +152,17 @@ def evaluate_labels(
         "entropy_auroc": float("nan"),
         "ece": float("nan"),
     }
-    if entropy is not None:
-        ent = np.asarray(entropy, dtype=float)
-        if ent.shape != pred.shape:
-            raise ValueError(f"entropy must have the labels' shape {pred.shape}, got {ent.shape}.")
-        e, ok = ent[valid], np.isfinite(ent[valid])
-        if 0 < (~correct[ok]).sum() < ok.sum():
-            out["entropy_auroc"] = float(roc_auc_score(~correct[ok], e[ok]))
-    if confidence is not None:
-        conf = np.asarray(confidence, dtype=float)
-        if conf.shape != pred.shape:
-            raise ValueError(f"confidence must have the labels' shape {pred.shape}, got {conf.shape}.")
-        c, ok = conf[valid], np.isfinite(conf[valid])
-        out["ece"] = calibration_error(np.clip(c[ok], 0.0, 1.0), correct[ok])
+    for name, arr in (("entropy", entropy), ("confidence", confidence)):
+        if arr is not None and np.shape(arr) != pred.shape:
+            raise ValueError(f"{name} must have the labels' shape {pred.shape}, got {np.shape(arr)}.")
+    out.update(entropy_auroc_majority=float("nan"), ece_majority=float("nan"))
+    _calibration(out, "", correct, valid, pred.shape, entropy, confidence)
+    majority = majority_match(p, t)
+    correct_majority = (
+        np.array([majority[int(c)] for c in np.unique(p)])[np.searchsorted(np.unique(p), p)] == t
+    )
+    out["majority_accuracy"] = float(correct_majority.mean())
+    _calibration(out, "_majority", correct_majority, valid, pred.shape, entropy, confidence)
     per = {k: np.full(pred.shape[0], np.nan) for k in ("ari", "nmi", "k_error")}
     for i in range(pred.shape[0]):
         v = valid[i]

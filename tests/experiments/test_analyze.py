@@ -162,3 +162,48 @@ def test_notebooks_execute_against_a_run(tiny_run, name, monkeypatch):
     ).execute()
     errors = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+
+
+def _comparable(metrics: dict) -> dict:
+    """metrics.json without what legitimately differs between two runs (wall times, cache hits)."""
+    out = json.loads(json.dumps(metrics))
+    out.pop("timings")
+    for row in out["layers"].values():
+        row.pop("fit_seconds")
+    for key in ("loaded_from_cache", "train_seconds"):
+        out["network"].pop(key, None)
+    return out
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    """SIGKILL the main job while it fits, start the same command again, compare with a run that was
+    never interrupted."""
+    import signal
+    import time
+
+    args = [*TINY, "viz=none", "infer.checkpoint_every=0", "infer.fit_points=3000", "data.num_images=12"]
+    reference = tmp_path / "reference"
+    _cli([*args, f"hydra.run.dir={reference}"], tmp_path)  # also trains and caches the network
+    killed = tmp_path / "killed"
+    env = {**os.environ, "DPMODELS_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.analyze", *args, f"hydra.run.dir={killed}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((killed / "checkpoints").glob("*.ckpt")):
+        if proc.poll() is not None:
+            pytest.fail("the run ended before writing a fit checkpoint; make the fit longer")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists()
+    resumed = _cli([*args, f"hydra.run.dir={killed}"], tmp_path)
+    assert "resuming" in resumed.stdout + resumed.stderr
+    a = json.loads((reference / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert _comparable(a) == _comparable(b)
