@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -21,16 +19,10 @@ from sklearn.metrics import adjusted_rand_score
 
 from dpmodels import DPGMM
 from dpmodels.data import PlantedMixture
+from dpmodels.io import atomic_write_text
 from dpmodels.viz import plot_elbo_history, plot_fit_projection
 
 log = logging.getLogger(__name__)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
@@ -59,7 +51,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     fig = plot_fit_projection(X, pred, entropy, model.weights_, model.means_, title=str(model))
     fig.savefig(figures / "projection.png", dpi=110)
     plot_elbo_history(model.elbo_history_).savefig(figures / "elbo.png", dpi=110)
-    _atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     lines = [
         "# dpmodels demo",
         "",
@@ -70,7 +62,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     ]
     lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
     lines += ["", "![clusters](figures/projection.png)", "", "![ELBO](figures/elbo.png)", ""]
-    _atomic_write(out_dir / "summary.md", "\n".join(lines))
+    atomic_write_text(out_dir / "summary.md", "\n".join(lines))
     return metrics
 
 

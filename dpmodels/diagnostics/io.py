@@ -9,9 +9,9 @@ or an older layout fails with a message instead of a confusing ``KeyError`` late
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
+from ..io import atomic_path
 from ._arviz import az
 from .build import FORMAT_VERSION
 
@@ -28,15 +28,8 @@ def save_inference_data(idata: az.InferenceData, path: str | os.PathLike) -> Pat
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"the folder {str(path.parent)!r} does not exist; create it first.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        idata.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path, suffix=".nc") as tmp:
+        idata.to_netcdf(str(tmp), engine="h5netcdf")
     return path
 
 

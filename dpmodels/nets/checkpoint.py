@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from ..io import atomic_path
 
 __all__ = [
     "CheckpointError",
@@ -42,17 +43,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     A crash or kill during ``write`` leaves any old ``path`` untouched and no partial file under its
     name (the temporary file is removed on errors).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
 
 
 def save_checkpoint(

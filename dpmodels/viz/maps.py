@@ -9,7 +9,6 @@ writes one atomically and closes it.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from ..io import atomic_path  # noqa: E402
 from ..maps.layer_maps import LayerMaps  # noqa: E402
 from ..maps.transitions import transition_matrix  # noqa: E402
 from .fit import cluster_colours  # noqa: E402
@@ -251,21 +251,16 @@ def plot_transitions(layers: Sequence[LayerMaps]) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
     """Save ``fig`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``),
     creating the folder if needed; the figure is closed afterwards. Returns the path."""
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower()
     if not fmt:
         raise ValueError(f"path {str(path)!r} has no file extension; use e.g. '.png' or '.pdf'.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format=fmt, dpi=150)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=path.suffix) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         plt.close(fig)
     return path

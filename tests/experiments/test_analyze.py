@@ -207,3 +207,38 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     a = json.loads((reference / "metrics.json").read_text())
     b = json.loads((killed / "metrics.json").read_text())
     assert _comparable(a) == _comparable(b)
+
+
+def test_user_folder_with_masks_end_to_end(tmp_path):
+    """A folder of PNG images with integer-label PNG masks: maps, figures, evaluation table."""
+    import numpy as np
+    from PIL import Image
+
+    from dpmodels.data import texture_mosaics
+
+    mosaics = texture_mosaics(5, 40, seed=3)
+    (tmp_path / "mine" / "images").mkdir(parents=True)
+    (tmp_path / "mine" / "masks").mkdir()
+    for i in range(len(mosaics)):
+        pixels = (mosaics.images[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "mine" / "images" / f"img{i}.png")
+        Image.fromarray(mosaics.masks[i].numpy().astype(np.uint8)).save(
+            tmp_path / "mine" / "masks" / f"img{i}.png"
+        )
+    run_dir = tmp_path / "run"
+    _cli(
+        [
+            *TINY,
+            "data=folder",
+            f"data.root={tmp_path / 'mine'}",
+            "evaluate=baselines",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["data"]["has_masks"] and metrics["data"]["num_images"] == 5
+    assert all(0 <= row["nmi"] <= 1 for row in metrics["layers"].values())
+    table = pd.read_csv(run_dir / "evaluation.csv")
+    assert {"dpgmm", "kmeans_silhouette"} <= set(table["method"])
+    assert (run_dir / "figures" / "layers_00.png").is_file()

@@ -97,7 +97,7 @@ def test_cli_run_writes_csv_and_json(tmp_path):
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_composes_to_valid_settings(preset):
     settings = OmegaConf.to_object(compose_benchmark([f"preset={preset}"]))
-    assert isinstance(settings, BenchmarkSettings) and settings.cases
+    assert isinstance(settings, BenchmarkSettings) and (settings.cases or settings.extraction.enabled)
     names = [case.name for case in settings.cases]
     assert len(set(names)) == len(names)
 
@@ -109,6 +109,16 @@ def test_default_preset_is_quick_and_presets_cover_the_issue():
     assert gpu.device == "cuda" and gpu.cases[0].n_points == 1_000_000
     memmap = OmegaConf.to_object(compose_benchmark(["preset=memmap"])).cases[0]
     assert memmap.methods == ["natural_memmap"] and memmap.n_points == 10_000_000
+
+
+def test_extraction_preset_runs_the_extraction_benchmark(tmp_path):
+    from experiments.benchmark import run
+
+    cfg = compose_benchmark(["preset=extraction", "extraction.quick=true", "extraction.store_images=8"])
+    rows = run(cfg, tmp_path)
+    assert {r["kind"] for r in rows} == {"throughput", "store"}
+    assert all(r["images_per_s"] > 0 for r in rows)
+    assert (tmp_path / "extraction.json").is_file()
 
 
 def test_misspelled_keys_and_unknown_methods_are_errors():
