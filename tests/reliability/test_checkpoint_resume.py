@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent(
     from dpmodels import DPGMM
     from tests_data import make_data
     out, ckpt, batch = sys.argv[1], sys.argv[2], sys.argv[3]
-    model = DPGMM(truncation=12, seed=3, checkpoint=ckpt, checkpoint_every=0.2, max_iter=40,
+    model = DPGMM(truncation=12, seed=3, checkpoint=ckpt, checkpoint_every=0, max_iter=40,
                   tol=1e-7 if batch == "none" else 1e-5,
                   batch_size=None if batch == "none" else int(batch))
     model.fit(make_data())
@@ -42,8 +42,8 @@ DATA = textwrap.dedent(
     def make_data():
         g = torch.Generator().manual_seed(11)
         centres = 4.0 * torch.randn(6, 3, generator=g)
-        labels = torch.randint(6, (6000,), generator=g)
-        return centres[labels] + torch.randn(6000, 3, generator=g)
+        labels = torch.randint(6, (20000,), generator=g)
+        return centres[labels] + torch.randn(20000, 3, generator=g)
     """
 )
 
@@ -67,7 +67,7 @@ def _run(tmp_path: Path, out: Path, ckpt: Path, batch, kill: bool):
         assert proc.poll() is None, f"fit ended before its first checkpoint: {proc.communicate()[1].decode()}"
         assert time.monotonic() < deadline, "no checkpoint appeared within 120 s"
         time.sleep(0.005)
-    time.sleep(0.05)  # let it run on a little, so the kill may land mid-write of a later save
+    time.sleep(0.01)  # let it run on a little, so the kill may land mid-write of a later save
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
