@@ -54,7 +54,9 @@ def write_figures(
     for i in range(min(num_images, len(images))):
         fig = plot_image_layers(images.images[i], layers, i)
         written.append(save_figure(fig, fig_dir / f"layers_{i:02d}.png", dpi=dpi))
-    written.append(save_figure(plot_cluster_counts(dict(k_draws), true_k=true_k), fig_dir / "clusters.png", dpi=dpi))
+    written.append(
+        save_figure(plot_cluster_counts(dict(k_draws), true_k=true_k), fig_dir / "clusters.png", dpi=dpi)
+    )
     for name, m in maps.items():
         fig = plot_prototypes(images.images, m, top_k=prototypes)
         written.append(save_figure(fig, fig_dir / f"prototypes_{layer_file(name)}.png", dpi=dpi))
