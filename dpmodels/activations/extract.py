@@ -25,10 +25,11 @@ from tqdm.auto import tqdm
 
 from .._validation import check_device, check_positive_int
 from ..data.images import ImageSet
+from ..io import atomic_write_json
 from ._graph import Tap, first_conv_channels, layer_names, model_device, preserve_mode
 from .layers import conv_layers, list_layers
 from .smooth import check_smooth, smooth_geometry, smooth_maps
-from .store import MANIFEST, RowWriter, layer_record, safe_stems, save_transform, write_json
+from .store import MANIFEST, RowWriter, layer_record, safe_stems, save_transform
 from .transform import Moments, apply_blocks, check_transforms, fit_transform, transform_file
 from .types import FeatureTransform, LayerActivations
 
@@ -258,8 +259,10 @@ def extract(
         if directory is not None:
             if transform is not None:
                 save_transform(directory / f"{stems[n]}.transform.npz", transform)
-            write_json(directory / f"{stems[n]}.json", layer_record(acts, stems[n]))
+            atomic_write_json(directory / f"{stems[n]}.json", layer_record(acts, stems[n]))
         result[n] = acts
     if directory is not None:
-        write_json(directory / MANIFEST, {"layers": stems, "image_names": list(names), "num_images": I})
+        atomic_write_json(
+            directory / MANIFEST, {"layers": stems, "image_names": list(names), "num_images": I}
+        )
     return result

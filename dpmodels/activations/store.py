@@ -29,7 +29,7 @@ from numpy.lib.format import open_memmap
 
 from .types import FeatureTransform, LayerActivations, LayerGeometry
 
-__all__ = ["MANIFEST", "RowWriter", "load_store", "read_rows", "safe_stems", "write_json"]
+__all__ = ["MANIFEST", "RowWriter", "load_store", "read_rows", "safe_stems"]
 
 MANIFEST = "manifest.json"
 _TRANSFORM_FIELDS = ("mean", "scale", "pca_mean", "components", "explained_variance_ratio")
@@ -48,13 +48,6 @@ def safe_stems(names: list[str]) -> dict[str, str]:
             stem = f"{base}-{k}"
         stems[name] = stem
     return stems
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Write ``payload`` to ``path`` atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 class RowWriter:

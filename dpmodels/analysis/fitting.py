@@ -43,7 +43,7 @@ class LayerFit:
     batch_layers: tuple[str, ...]
 
 
-def _read(acts: LayerActivations, index: np.ndarray) -> torch.Tensor:
+def read_points(acts: LayerActivations, index: np.ndarray) -> torch.Tensor:
     pts = acts.points
     if isinstance(pts, torch.Tensor):
         return pts[torch.from_numpy(index)].float()
@@ -105,7 +105,7 @@ def fit_layers(
                 keep = np.sort(rng.choice(len(fit_idx), n_common, replace=False))
                 fit_idx = fit_idx[keep]
                 splits[name] = (fit_idx, held_idx)
-            data.append(_read(acts[name], fit_idx))
+            data.append(read_points(acts[name], fit_idx))
         log.info("fitting %d layer(s) with D=%d on %d positions each: %s", len(names), D, n_common, names)
         start = time.perf_counter()
         if checkpoint_dir is not None:
@@ -117,7 +117,7 @@ def fit_layers(
         seconds = time.perf_counter() - start
         for name, model in zip(names, models, strict=True):
             fit_idx, held_idx = splits[name]
-            held = model.score(_read(acts[name], held_idx).numpy()) if len(held_idx) else float("nan")
+            held = model.score(read_points(acts[name], held_idx).numpy()) if len(held_idx) else float("nan")
             fits[name] = LayerFit(name, model, fit_idx, held_idx, float(held), seconds, tuple(names))
     for path in ckpt_paths:  # every group has finished: the kept final states are not needed any more
         path.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from ..activations import extract
 from ..data.images import ImageSet
 from ..io import atomic_path, atomic_write_json
 from ..maps import LayerMaps, layer_maps, n_active_draws
-from .fitting import LayerFit, fit_layers
+from .fitting import LayerFit, fit_layers, read_points
 from .outputs import layer_file, save_images, save_layer_maps
 from .report import write_figures, write_summary
 
@@ -157,7 +157,7 @@ def analyze(
                 )
         layer_rows[name] = _layer_metrics(fit, maps, evaluation, k_draws[name])
         idata = to_inference_data(
-            fit.model, _read_points(acts[name], fit.fit_index), num_draws=num_draws, seed=seed
+            fit.model, read_points(acts[name], fit.fit_index).numpy(), num_draws=num_draws, seed=seed
         )
         (out_dir / "posterior").mkdir(parents=True, exist_ok=True)
         save_inference_data(idata, out_dir / "posterior" / f"{layer_file(name)}.nc")
@@ -190,11 +190,6 @@ def analyze(
     atomic_write_json(out_dir / "metrics.json", metrics)
     write_summary(out_dir, metrics, eval_rows)
     return metrics
-
-
-def _read_points(acts, index: np.ndarray) -> np.ndarray:
-    pts = acts.points
-    return pts[torch.from_numpy(index)].numpy() if isinstance(pts, torch.Tensor) else np.asarray(pts[index])
 
 
 def _raw_points(model, images, name, acts, device, seed) -> torch.Tensor | None:

@@ -280,8 +280,9 @@ def test_cli_rejects_a_grayscale_folder_for_an_rgb_network_in_one_line(tmp_path)
 
 @pytest.mark.slow  # a subprocess that imports torch, Pyro and Hydra: ~10 s on a busy 2-core CPU
 def test_notebook_runs_against_the_tiny_run(tiny_run):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    import nbclient
+    import nbformat
+
     nb = nbformat.read(ROOT / "notebooks" / "transfer.ipynb", as_version=4)
     assert all(c.outputs == [] and c.execution_count is None for c in nb.cells if c.cell_type == "code")
     assert "DPMODELS_RUN_DIR" in nb.cells[1].source
