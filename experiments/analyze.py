@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 import hydra
+import matplotlib
 from omegaconf import DictConfig, OmegaConf
 
 from dpmodels import DPGMM
@@ -23,6 +24,7 @@ from .builders import dataset_from_config, dpgmm_kwargs
 from .common import mark_done, mark_started, output_dir, should_run, user_errors
 from .schema import register
 
+matplotlib.use("Agg")  # an entry point writes figure files; the library never picks a backend
 log = logging.getLogger("dpmodels.analyze")
 logging.getLogger("arviz.preview").setLevel(logging.WARNING)  # its import notes are not for users
 register()

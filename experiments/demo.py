@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import hydra
+import matplotlib
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import adjusted_rand_score
@@ -22,6 +23,7 @@ from dpmodels.data import PlantedMixture
 from dpmodels.io import atomic_write_text
 from dpmodels.viz import plot_elbo_history, plot_fit_projection
 
+matplotlib.use("Agg")  # an entry point writes figure files; the library never picks a backend
 log = logging.getLogger(__name__)
 
 

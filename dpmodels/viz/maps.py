@@ -12,19 +12,16 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-
-from ..io import atomic_path  # noqa: E402
-from ..maps.layer_maps import LayerMaps  # noqa: E402
-from ..maps.transitions import transition_matrix  # noqa: E402
-from .fit import cluster_colours  # noqa: E402
+from ..io import atomic_path
+from ..maps.layer_maps import LayerMaps
+from ..maps.transitions import transition_matrix
+from .fit import cluster_colours
 
 __all__ = [
     "label_overlay",

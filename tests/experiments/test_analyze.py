@@ -152,7 +152,7 @@ def test_notebooks_execute_against_a_run(tiny_run, name, monkeypatch):
 
     _, run_dir = tiny_run
     monkeypatch.setenv("DPMODELS_RUN_DIR", str(run_dir))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel must pick Jupyter's inline backend
     book = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
     assert all(c.get("outputs", []) == [] for c in book.cells if c.cell_type == "code"), (
         "outputs not stripped"
@@ -162,6 +162,12 @@ def test_notebooks_execute_against_a_run(tiny_run, name, monkeypatch):
     ).execute()
     errors = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    # Figures must render inline: every cell that shows a plot holds as many PNG outputs as it shows.
+    plotting = [c for c in book.cells if c.cell_type == "code" and "plt.show()" in c.source]
+    assert plotting, "the notebook shows no figure at all"
+    for cell in plotting:
+        pngs = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+        assert len(pngs) >= cell.source.count("plt.show()"), f"no inline figure from:\n{cell.source}"
 
 
 def _comparable(metrics: dict) -> dict:
