@@ -296,3 +296,7 @@ def test_notebook_runs_against_the_tiny_run(tiny_run):
         del os.environ["DPMODELS_RUN_DIR"]
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "2 conditions x 2 layers, 4 labelled" in text
+    for cell in (c for c in nb.cells if c.cell_type == "code" and "plt.show()" in c.source):
+        assert any("image/png" in o.get("data", {}) for o in cell.outputs), (
+            f"no inline figure:\n{cell.source}"
+        )
