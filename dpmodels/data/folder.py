@@ -6,6 +6,11 @@ Layout::
     root/masks/<stem>.png                            optional: one integer-label mask per image
     root/mask_names.txt                              optional: the name of label k on line k + 1
 
+Images are read upright: a JPEG's (or TIFF's) EXIF orientation is applied, as photo viewers do, so
+a mask drawn over the upright photo matches it. Mask label 255 means "ignore" (unlabelled pixels,
+the convention of VOC-style masks): it becomes ``-1``, which evaluation skips; labels 0..254 are
+regions.
+
 Resize rules (the same for an image and its mask; masks use nearest neighbour, images bilinear
 with antialiasing): ``"shorter_side_then_center_crop"`` scales the image so its shorter side is
 ``size`` (aspect kept), then cuts the central ``size`` x ``size`` square; ``"stretch"`` resizes
@@ -18,16 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from .images import ImageSet
 
-__all__ = ["IMAGE_SUFFIXES", "RESIZE_RULES", "image_folder"]
+__all__ = ["IGNORE_MASK_VALUE", "IMAGE_SUFFIXES", "RESIZE_RULES", "image_folder"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 RESIZE_RULES = ("shorter_side_then_center_crop", "stretch")
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+IGNORE_MASK_VALUE = 255  # in mask files: unlabelled pixels, read as -1 (skipped by evaluation)
 
 
 def _box(w: int, h: int, size: int, rule: str) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
@@ -63,8 +69,9 @@ def _read_image(path: Path, size: int, rule: str, channels: int | str) -> np.nda
     Grey modes (1, L, LA, I, F) give ``C = 1``, all others ``C = 3`` (alpha dropped, palettes expanded).
     """
     try:
-        with Image.open(path) as im:
-            im.load()
+        with Image.open(path) as raw:
+            raw.load()
+            im = ImageOps.exif_transpose(raw)  # upright, as a viewer shows it
             grey = im.mode in _GREY_MODES
             im = (
                 _to_8bit(im)
@@ -83,21 +90,31 @@ def _read_image(path: Path, size: int, rule: str, channels: int | str) -> np.nda
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+def _upright_size(im: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` after the EXIF orientation (tags 5-8 swap the axes)."""
+    orientation = im.getexif().get(0x0112, 1)
+    return (im.height, im.width) if orientation in (5, 6, 7, 8) else im.size
+
+
 def _read_mask(path: Path, image_path: Path, size: int, rule: str) -> np.ndarray:
     """One mask as int64 ``(size, size)`` labels, checked against its image's original size."""
     try:
         with Image.open(path) as m, Image.open(image_path) as im:
             m.load()
-            if m.size != im.size:
+            m = ImageOps.exif_transpose(m)
+            upright = _upright_size(im)
+            if m.size != upright:
                 raise ValueError(
                     f"mask {path.name} is {m.size[0]}x{m.size[1]} (WxH) but its image {image_path.name} is "
-                    f"{im.size[0]}x{im.size[1]}; a mask must have its image's size."
+                    f"{upright[0]}x{upright[1]} (upright, after its EXIF orientation); a mask must have its "
+                    "image's size."
                 )
             if m.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
                 raise ValueError(
                     f"mask {path.name} has mode {m.mode}; expected single-channel integer labels."
                 )
             labels = np.asarray(m).astype(np.int64)
+            labels[labels == IGNORE_MASK_VALUE] = -1
     except OSError as err:
         raise ValueError(f"cannot read mask {path}: {err}.") from err
     (nw, nh), box = _box(labels.shape[1], labels.shape[0], size, rule)
@@ -116,8 +133,9 @@ def image_folder(
     """Images ``(I, C, size, size)`` from ``root/images`` with masks from ``root/masks`` when present.
 
     ``channels``: 1 (luminance), 3 (grey replicated) or ``"auto"`` (the files' own; they must agree).
-    Masks hold the stored integer labels, resized by nearest neighbour with the same rule; either
-    every image has a mask or none does. ``max_images`` keeps the first files in name order;
+    Masks hold the stored integer labels (255 -> -1, ignored), resized by nearest neighbour with
+    the same rule; either every image has a mask or none does. Images are turned upright by their
+    EXIF orientation. ``max_images`` keeps the first files in name order;
     ``progress`` shows a progress bar while reading.
     """
     root = Path(root)

@@ -133,3 +133,39 @@ def test_bad_arguments(tmp_path):
         image_folder(tmp_path, resize="squash")
     with pytest.raises(ValueError, match="channels"):
         image_folder(tmp_path, channels=2)
+
+
+def test_jpeg_exif_orientation_is_applied_and_its_upright_mask_accepted(tmp_path):
+    """A camera JPEG stored sideways with EXIF orientation 6 (rotate 90 degrees clockwise to view):
+    read upright, and the mask drawn over the upright photo fits."""
+    upright = np.zeros((40, 20, 3), dtype=np.uint8)  # (H, W): tall photo
+    upright[:20] = 255  # top half white, bottom half black
+    stored = np.rot90(upright, k=1)  # what the camera wrote: (20, 40), to be turned clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.ascontiguousarray(stored)).save(
+        tmp_path / "images" / "photo.jpg", exif=exif, quality=95
+    )
+    mask = np.zeros((40, 20), dtype=np.uint8)
+    mask[20:] = 1  # label 1 on the bottom (black) half of the upright photo
+    _write(tmp_path, "photo.png", mask, folder="masks")
+    s = image_folder(tmp_path, size=20, resize="stretch")
+    grey = s.images[0].mean(0)  # (H, W)
+    assert grey[:10].mean() > 0.9 and grey[10:].mean() < 0.1  # white on top: upright
+    assert (s.masks[0, 10:] == 1).all() and (s.masks[0, :10] == 0).all()
+
+
+def test_mask_value_255_means_ignore_and_evaluation_skips_it(tmp_path):
+    from dpmodels.evaluation.metrics import evaluate_labels
+
+    _write(tmp_path, "a.png", _rgb(0))
+    mask = _blocks(labels=(0, 1, 255))
+    _write(tmp_path, "a.png", mask, folder="masks")
+    s = image_folder(tmp_path, size=20, resize="stretch")
+    assert set(torch.unique(s.masks).tolist()) == {-1, 0, 1}
+    assert s.num_mask_labels == 2
+    truth = s.masks.numpy()
+    pred = np.where(truth < 0, 7, truth)  # anything at ignored pixels: must not count
+    scores = evaluate_labels(pred, truth)
+    assert scores["ari"] == pytest.approx(1.0) and scores["k_true"] == 2
