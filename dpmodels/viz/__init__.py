@@ -11,6 +11,7 @@ from .maps import (
     plot_transitions,
     save_figure,
 )
+from .paper import plot_paper_figure
 
 __all__ = [
     "label_overlay",
@@ -21,6 +22,7 @@ __all__ = [
     "plot_image_layers",
     "plot_layer_maps",
     "plot_n_active",
+    "plot_paper_figure",
     "plot_predictive_marginals",
     "plot_prototypes",
     "plot_transitions",
