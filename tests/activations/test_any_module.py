@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 from dpmodels import DPGMM
@@ -94,7 +94,7 @@ def test_token_maps_put_each_patch_at_its_grid_position():
     acts = extract(model, x, ["mix"], progress=False)["mix"]
     with torch.no_grad():
         direct = model.mix(model.patch(x).flatten(2).transpose(1, 2))[0]  # (T, 4) in raster order
-    for (i, y, xx), p in zip(acts.index.tolist(), acts.points, strict=True):
+    for (_, y, xx), p in zip(acts.index.tolist(), acts.points, strict=True):
         assert torch.allclose(p, direct[y * 6 + xx], atol=1e-6)
     assert info.geometry.stride == (8.0, 8.0)
 
