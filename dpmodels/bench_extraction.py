@@ -5,7 +5,9 @@ Rows (one ``dict`` each, keys :data:`ROW_FIELDS`):
 * ``throughput``: :func:`dpmodels.activations.extract` of all default layers
   (:func:`~dpmodels.activations.conv_layers`) of ``dpmodels.nets.SmallCNN`` (if that module is
   importable, else :class:`FallbackCNN`, a conv-bn-relu-pool net defined here; the ``net`` column
-  says which) and ``torchvision.models.resnet18(weights=None)`` at 64 and 224 px, in memory.
+  says which) and ``torchvision.models.resnet18(weights=None)`` at 64 and 224 px, and the
+  ImageNet-trained EfficientNet-Lite0 (the main job's default network, with its preprocessing) at
+  224 px, in memory.
   ``wall_seconds`` covers one ``extract`` call; ``geometry_seconds`` is the part of it spent probing
   layer geometry (measured by a separate :func:`~dpmodels.activations.list_layers` call), and
   ``images_per_s`` / ``positions_per_s`` use the time without it (positions summed over layers).
@@ -134,6 +136,14 @@ def run(quick: bool = False, store_images: int | None = None, log=print) -> list
         for name, model in (small_cnn(), ("resnet18", torchvision.models.resnet18(weights=None))):
             rows.append(_throughput(name, model, size, n_images[size], 16, 2 if quick else None))
             log(f"  {name} {size}px: {rows[-1]['images_per_s']:.1f} images/s")
+    for size in (32,) if quick else (224,):
+        from .nets import build_net
+
+        lite = build_net("efficientnet_lite0", weights="DEFAULT")
+        rows.append(
+            _throughput("efficientnet_lite0", lite, size, 4 if quick else 32, 16, 2 if quick else None)
+        )
+        log(f"  efficientnet_lite0 (ImageNet) {size}px: {rows[-1]['images_per_s']:.1f} images/s")
     n_store = store_images if store_images is not None else (40 if quick else 10_000)
     rows.append(_store(n_store, 32 if quick else 128, batch_size=8 if quick else 64))
     log(f"  store: {rows[-1]['stored_gib']:.2f} GiB on disk, peak RSS {rows[-1]['peak_rss_mib']:.0f} MiB")

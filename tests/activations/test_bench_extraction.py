@@ -23,7 +23,8 @@ def test_quick_benchmark_writes_json_and_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = json.loads(out.read_text())
     rows = payload["rows"]
-    assert [r["kind"] for r in rows] == ["throughput", "throughput", "store"]
+    assert [r["kind"] for r in rows] == ["throughput", "throughput", "throughput", "store"]
+    assert rows[2]["net"] == "efficientnet_lite0"
     assert all(list(r) == ROW_FIELDS for r in rows)
     for r in rows:
         assert r["wall_seconds"] > 0 and math.isfinite(r["images_per_s"]) and r["positions"] > 0
