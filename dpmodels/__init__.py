@@ -21,10 +21,18 @@ import os as _os
 # it here works even when torch was imported first; a user's own setting wins.
 _os.environ.setdefault("KMP_BLOCKTIME", "0")
 
-from .estimator import DPGMM, fit_batched  # noqa: E402
+from .estimator import DPGMM, TruncationWarning, fit_batched  # noqa: E402
 from .infer import ConvergenceWarning, FitResult  # noqa: E402
 from .posterior import MixturePosterior  # noqa: E402
 from .priors import WeightPrior  # noqa: E402
 
-__all__ = ["DPGMM", "fit_batched", "ConvergenceWarning", "FitResult", "MixturePosterior", "WeightPrior"]
+__all__ = [
+    "DPGMM",
+    "fit_batched",
+    "ConvergenceWarning",
+    "TruncationWarning",
+    "FitResult",
+    "MixturePosterior",
+    "WeightPrior",
+]
 __version__ = "0.1.0"

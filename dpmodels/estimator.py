@@ -18,14 +18,19 @@ from ._validation import NotFittedError, as_points, check_device, check_positive
 from .data.source import PointSource, spool
 from .infer import FitResult, NaturalOptions, PyroOptions, fit_natural, fit_pyro
 from .infer.degenerate import warn_if_degenerate
+from .models.affine import AffineScaling, standardize
 from .models.base_measure import COVARIANCE_TYPES, empirical_base_measure
 from .models.dpgmm import ModelSpec
 from .posterior import MixturePosterior
 from .priors import WeightPrior
 
-__all__ = ["DPGMM", "ENGINES", "fit_batched"]
+__all__ = ["DPGMM", "ENGINES", "TruncationWarning", "fit_batched"]
 
 ENGINES = ("natural", "pyro")
+
+
+class TruncationWarning(UserWarning):
+    """Every one of the ``truncation`` components is in use: the data may hold more clusters."""
 
 
 class DPGMM:
@@ -47,7 +52,8 @@ class DPGMM:
     max_iter, tol : iteration limit (full-batch iterations or Pyro steps) and ELBO tolerance
         (nats per point); ``None`` keeps the engine's default.
     active_threshold : share of the data a component must explain to count in ``n_active_``.
-    mean_precision, dof, scale : base-measure overrides (defaults follow the data).
+    mean_precision, dof, scale : base-measure overrides (defaults follow the data; ``scale`` is
+        ``Psi`` in the data's units).
     progress : show a progress bar while fitting.
     chunk_size : points per E-step chunk (``None``: sized to keep temporaries near 16 MiB).
     checkpoint : file path for fit checkpoints (natural engine only). The engine's state is saved
@@ -59,6 +65,12 @@ class DPGMM:
     checkpoint_every : seconds of wall time between checkpoint saves.
     keep_checkpoint : keep the final state in ``checkpoint`` after the fit (a repeated call then
         returns at once with the same result).
+
+    The fit runs on standardised data (centred at the data mean, divided by one global scale, both
+    in float64), so it does not depend on the data's units or offset; ``means_``,
+    ``covariances_``, ``posterior_``, ``fit_result_`` and every score are in the data's units.
+    When all ``truncation`` components end up active a :class:`TruncationWarning` says to raise
+    ``truncation``.
     """
 
     def __init__(
@@ -163,11 +175,15 @@ class DPGMM:
     def fit(self, X) -> DPGMM:
         """Fit to ``X``: an ``(N, D)`` array or tensor, or the path of an ``(N, D)`` ``.npy`` file (or
         an ``np.memmap``), which is read in chunks and never loaded whole. Returns ``self``."""
-        source = self._source(X)
+        source, scaling = standardize(self._source(X))  # z = (x - centre) / scale, (1, N, D)
         N, D = source.shape[1:]
         data = PointSource(source, repeat=self.n_restarts)  # (B, N, D), restarts share memory
         base = empirical_base_measure(
-            source, self.covariance, mean_precision=self.mean_precision, dof=self.dof, scale=self.scale
+            source,
+            self.covariance,
+            mean_precision=self.mean_precision,
+            dof=self.dof,
+            scale=scaling.scale_to_z(self.scale, self.covariance, D),
         )
         base = base.__class__(
             base.covariance,
@@ -178,8 +194,9 @@ class DPGMM:
         )
         spec = ModelSpec(self.weight_prior, base.to(device=self.device), self.truncation)
         result = self._run(data, spec)
+        scaling = scaling.expand(self.n_restarts)
         best = int(torch.nan_to_num(result.elbo, nan=-torch.inf).argmax())
-        self._adopt(result, spec, best)
+        self._adopt(result, scaling.result_to_user(result), scaling, best)
         return self
 
     def fit_stream(self, batches, spool_dir: str | Path | None = None) -> DPGMM:
@@ -214,20 +231,36 @@ class DPGMM:
             keep_checkpoint=self.keep_checkpoint,
         )
 
-    def _adopt(self, result: FitResult, spec: ModelSpec, index: int) -> None:
-        """Take fit ``index`` of a (batched) result as this estimator's fit."""
-        full = MixturePosterior(result.params, spec, result.counts, result.num_points, self.active_threshold)
-        self.posterior_ = full.select(index)
-        self.fit_result_ = result
+    def _adopt(self, result: FitResult, user: FitResult, scaling: AffineScaling, index: int) -> None:
+        """Take fit ``index`` of a (batched) result as this estimator's fit: ``result`` as fitted on
+        standardised data, ``user`` the same in the data's units."""
+
+        def posterior(r: FitResult) -> MixturePosterior:
+            full = MixturePosterior(r.params, r.spec, r.counts, r.num_points, self.active_threshold)
+            return full.select(index)
+
+        self.posterior_ = posterior(user)  # the data's units: what maps and diagnostics consume
+        self._z_posterior, self._scaling = posterior(result), scaling.select(index)
+        self.fit_result_ = user
         self.n_features_in_ = result.params.num_features
-        self.elbo_ = float(result.elbo[index])
-        self.elbo_history_ = result.elbo_history[:, index].numpy()
+        self.elbo_ = float(user.elbo[index])
+        self.elbo_history_ = user.elbo_history[:, index].numpy()
         self.n_iter_ = result.n_iter
         self.converged_ = bool(result.converged[index])
-        self.weights_ = self.posterior_.weights[0].cpu().numpy()
-        self.means_ = self.posterior_.means[0].cpu().numpy()
-        self.covariances_ = self.posterior_.covariances[0].cpu().numpy()
-        self.n_active_ = int(self.posterior_.n_active[0])
+        z_post, s = self._z_posterior, float(self._scaling.scale[0])
+        self.weights_ = z_post.weights[0].cpu().numpy()
+        centre = self._scaling.centre[0].numpy()
+        self.means_ = centre + s * z_post.means[0].cpu().double().numpy()  # float64, the data's units
+        self.covariances_ = s**2 * z_post.covariances[0].cpu().double().numpy()
+        self.n_active_ = int(z_post.n_active[0])
+        if self.truncation > 1 and self.n_active_ >= self.truncation:
+            warnings.warn(
+                f"all {self.truncation} components are active (n_active_ == truncation): the data may "
+                f"hold more clusters than the truncation allows; refit with a larger truncation "
+                f"(e.g. truncation={2 * self.truncation}).",
+                TruncationWarning,
+                stacklevel=4,
+            )
 
     @staticmethod
     def _source(X) -> PointSource:
@@ -242,34 +275,36 @@ class DPGMM:
                 raise ValueError(f"X needs at least 2 points and 1 feature, got shape ({N}, {D}).")
             source.check_finite()
             return source
-        return PointSource(as_points(X))
+        return PointSource(as_points(X, dtype=_input_dtype(X)))
 
     # ---- prediction -----------------------------------------------------------------------------
     def _check(self, X) -> torch.Tensor:
+        """``X`` standardised as the training data were (in float64, then the fit's dtype)."""
         if not hasattr(self, "posterior_"):
             raise NotFittedError("this DPGMM is not fitted yet; call fit(X) first.")
-        x = as_points(X, min_points=1)
+        x = as_points(X, dtype=_input_dtype(X), min_points=1)
         if x.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {x.shape[1]} features but the model was fitted on {self.n_features_in_}; "
                 "pass points with the same features (columns)."
             )
-        return x.to(self.device)
+        return self._scaling.apply(x, self._z_posterior.params.mean.dtype).to(self.device)
 
     def predict_proba(self, X) -> np.ndarray:
         """Responsibilities ``(N, K)``, components ordered by weight."""
         x = self._check(X)
-        return self.posterior_.responsibilities(x)[0].cpu().numpy()
+        return self._z_posterior.responsibilities(x)[0].cpu().numpy()
 
     def predict(self, X) -> np.ndarray:
         """Most probable component per point ``(N,)``."""
         x = self._check(X)
-        return self.posterior_.predict(x)[0].cpu().numpy()
+        return self._z_posterior.predict(x)[0].cpu().numpy()
 
     def score_samples(self, X) -> np.ndarray:
-        """Posterior predictive log density per point (nats) ``(N,)``."""
+        """Posterior predictive log density per point (nats, in the data's units) ``(N,)``."""
         x = self._check(X)
-        return self.posterior_.log_predictive(x)[0].cpu().numpy()
+        log_z = self._z_posterior.log_predictive(x)[0].cpu().double().numpy()
+        return log_z - float(self._scaling.log_det()[0])  # Jacobian of z = (x - centre) / scale
 
     def score(self, X) -> float:
         """Mean posterior predictive log density (nats per point)."""
@@ -280,6 +315,12 @@ class DPGMM:
             f"DPGMM(truncation={self.truncation}, prior={self.prior!r}, concentration={self.concentration}, "
             f"covariance={self.covariance!r}, engine={self.engine!r}, seed={self.seed})"
         )
+
+
+def _input_dtype(X) -> torch.dtype:
+    """float64 for float64 input (standardisation then runs on the exact values), else float32."""
+    dtype = getattr(X, "dtype", None)
+    return torch.float64 if dtype in (np.float64, torch.float64) else torch.float32
 
 
 def fit_batched(datasets, **kwargs) -> list[DPGMM]:
@@ -298,32 +339,35 @@ def fit_batched(datasets, **kwargs) -> list[DPGMM]:
     if isinstance(datasets, (list, tuple)):
         if not datasets:
             raise ValueError("fit_batched needs at least one data set, got an empty list.")
-        points = [as_points(x, name=f"datasets[{i}]") for i, x in enumerate(datasets)]
+        points = [as_points(x, name=f"datasets[{i}]", dtype=_input_dtype(x)) for i, x in enumerate(datasets)]
         shapes = {tuple(p.shape) for p in points}
         if len(shapes) > 1:
             raise ValueError(
                 f"all data sets must share one shape (N, D) to be batched, got {sorted(shapes)}; "
                 "subsample to a common N and project to a common D (e.g. PCA) first."
             )
-        data = torch.stack(points)
+        data = torch.stack([p.to(points[0].dtype) for p in points])
     else:
         data = torch.as_tensor(np.asarray(datasets) if not isinstance(datasets, torch.Tensor) else datasets)
         if data.dim() != 3:
             raise ValueError(f"datasets must have shape (B, N, D), got {tuple(data.shape)}.")
-        data = torch.stack([as_points(x, name=f"datasets[{i}]") for i, x in enumerate(data)])
+        dtype = _input_dtype(data)
+        data = torch.stack([as_points(x, name=f"datasets[{i}]", dtype=dtype) for i, x in enumerate(data)])
     template = DPGMM(**kwargs)
+    source, scaling = standardize(PointSource(data))  # each data set by its own centre and scale
     base = empirical_base_measure(
-        data,
+        source,
         template.covariance,
         mean_precision=template.mean_precision,
         dof=template.dof,
-        scale=template.scale,
+        scale=scaling.scale_to_z(template.scale, template.covariance, data.shape[-1]),
     )
     spec = ModelSpec(template.weight_prior, base.to(device=template.device), template.truncation)
-    result = template._run(data, spec)
+    result = template._run(source, spec)
+    user = scaling.result_to_user(result)
     models = []
     for b in range(data.shape[0]):
         model = DPGMM(**kwargs)
-        model._adopt(result, spec, b)
+        model._adopt(result, user, scaling, b)
         models.append(model)
     return models
