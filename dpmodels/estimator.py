@@ -18,7 +18,7 @@ from ._validation import NotFittedError, as_points, check_device, check_positive
 from .data.source import PointSource, spool
 from .infer import FitResult, NaturalOptions, PyroOptions, fit_natural, fit_pyro
 from .infer.degenerate import warn_if_degenerate
-from .models.affine import AffineScaling, standardize
+from .models.affine import AffineScaling, repeat_source, standardize
 from .models.base_measure import COVARIANCE_TYPES, empirical_base_measure
 from .models.dpgmm import ModelSpec
 from .posterior import MixturePosterior
@@ -177,7 +177,7 @@ class DPGMM:
         an ``np.memmap``), which is read in chunks and never loaded whole. Returns ``self``."""
         source, scaling = standardize(self._source(X))  # z = (x - centre) / scale, (1, N, D)
         N, D = source.shape[1:]
-        data = PointSource(source, repeat=self.n_restarts)  # (B, N, D), restarts share memory
+        data = repeat_source(source, self.n_restarts)  # (B, N, D), restarts share memory
         base = empirical_base_measure(
             source,
             self.covariance,

@@ -22,7 +22,7 @@ from torch import Tensor
 from ..data.source import PointSource
 from .base_measure import BaseMeasure
 
-__all__ = ["AffineScaling", "StandardizedSource", "standardize"]
+__all__ = ["AffineScaling", "StandardizedSource", "repeat_source", "standardize"]
 
 
 @dataclass
@@ -133,13 +133,21 @@ def standardize(source: PointSource, dtype: torch.dtype = torch.float32) -> tupl
     """``(z source, scaling)``: in-memory data become one ``z`` tensor (built chunk by chunk),
     file-backed data a view that standardises each chunk it reads."""
     scaling = AffineScaling.from_source(source)
+    raw = PointSource(source)
     if source._mapping is not None:
-        return StandardizedSource(source, scaling, dtype), scaling
+        return StandardizedSource(raw, scaling, dtype), scaling
     B, N, D = source.shape
     z = torch.empty(B, N, D, dtype=dtype)
-    raw = PointSource(source)
     raw.dtype = torch.float64
     step = max(1, 2**22 // max(1, B * D))
     for start in range(0, N, step):
         z[:, start : start + step] = scaling.apply(raw[:, start : start + step], dtype)
     return PointSource(z), scaling
+
+
+def repeat_source(source: PointSource, repeat: int) -> PointSource:
+    """A single standardised data set shown ``repeat`` times (restarts), without copying."""
+    if isinstance(source, StandardizedSource):
+        inner = PointSource(source._inner, repeat=repeat)
+        return StandardizedSource(inner, source._scaling.expand(repeat), source.dtype)
+    return PointSource(source, repeat=repeat)

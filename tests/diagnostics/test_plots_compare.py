@@ -39,7 +39,7 @@ def test_plots_return_figures(idata, plot):
 
 
 def test_plot_errors(idata):
-    no_pp = to_inference_data([DPGMM(truncation=3).fit(idata.observed_data["x"].values)], num_draws=5)
+    no_pp = to_inference_data([DPGMM(truncation=6).fit(idata.observed_data["x"].values)], num_draws=5)
     with pytest.raises(ValueError, match="posterior_predictive"):
         plot_predictive_check(no_pp)
     with pytest.raises(ValueError, match="chains, draws"):
