@@ -9,6 +9,11 @@ Defaults follow the data, as scikit-learn's ``BayesianGaussianMixture`` does: ``
 mean, ``mean_precision`` is 1, ``dof`` is ``D`` and ``Psi`` is the empirical covariance (variances
 for ``"diag"``) plus a small ridge. With these, a component's prior expected covariance is the
 data covariance divided by ``D``: clusters are expected to be smaller than the whole cloud.
+
+Linearly dependent features (a duplicated column, a column that is the sum of others, rows that
+sum to one) make the empirical covariance singular. ``Psi`` then gets a ridge of
+``singular_ridge`` (1e-3) times its mean variance, so every component's scale matrix stays
+positive definite while the directions the data do not span get a small, data-relative width.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from torch import Tensor
 
 from ..data.source import PointSource
 
-__all__ = ["COVARIANCE_TYPES", "BaseMeasure", "empirical_base_measure"]
+__all__ = ["COVARIANCE_TYPES", "BaseMeasure", "empirical_base_measure", "singular_fits"]
 
 COVARIANCE_TYPES = ("full", "diag")
 
@@ -69,12 +74,15 @@ def empirical_base_measure(
     dof: float | None = None,
     scale: Tensor | float | None = None,
     reg_covar: float = 1e-6,
+    singular_ridge: float = 1e-3,
 ) -> BaseMeasure:
     """Empirical-Bayes hyperparameters from ``data`` of shape ``(B, N, D)`` (or ``(N, D)``), a
     tensor, array or :class:`~dpmodels.data.PointSource` (read in chunks). Returned on the CPU.
 
     Any of ``mean``, ``mean_precision``, ``dof``, ``scale`` can be given to override the
     data-driven default; scalars broadcast. ``scale`` is ``Psi`` (a covariance-like matrix).
+    When the empirical covariance is singular (see :func:`singular_fits`), the default ``Psi``
+    carries a ridge of ``singular_ridge`` times its mean variance instead of ``reg_covar``.
     """
     if covariance not in COVARIANCE_TYPES:
         raise ValueError(
@@ -93,7 +101,9 @@ def empirical_base_measure(
     m0 = data_mean if mean is None else torch.as_tensor(mean, dtype=torch.float64).expand(B, D)
     if covariance == "full":
         if scale is None:
-            ridge = reg_covar * (1.0 + emp.diagonal(dim1=-2, dim2=-1).mean(-1))  # (B,)
+            mean_var = emp.diagonal(dim1=-2, dim2=-1).mean(-1)  # (B,)
+            ridge = reg_covar * (1.0 + mean_var)
+            ridge = torch.where(singular_fits(emp), torch.maximum(ridge, singular_ridge * mean_var), ridge)
             psi = emp + ridge[:, None, None] * torch.eye(D, dtype=torch.float64)
         else:
             psi = _as_matrix(scale, B, D)
@@ -112,6 +122,17 @@ def empirical_base_measure(
         dof=torch.full((B,), float(dof), dtype=dtype),
         scale=psi.to(dtype),
     )
+
+
+def singular_fits(cov: Tensor, rtol: float = 1e-7) -> Tensor:
+    """Which covariances ``(B, D, D)`` (float64) are numerically singular ``(B,)``: a constant
+    feature, or a correlation matrix whose smallest eigenvalue is below ``rtol`` (linearly
+    dependent features; float32 data carry about 1e-7 of relative noise)."""
+    var = cov.diagonal(dim1=-2, dim2=-1)  # (B, D)
+    constant = (var <= 1e-12 * var.amax(-1, keepdim=True).clamp_min(1e-300)).any(-1)
+    sd = var.clamp_min(1e-300).sqrt()
+    corr = cov / (sd.unsqueeze(-1) * sd.unsqueeze(-2))
+    return constant | (torch.linalg.eigvalsh(corr)[..., 0] < rtol)
 
 
 def _as_matrix(scale: Tensor | float, B: int, D: int) -> Tensor:
