@@ -1,9 +1,13 @@
-"""Fit one DPGMM per layer, all layers in as few batched calls as possible.
+"""Fit one DPGMM per layer; a layer's fit never depends on which other layers are fitted.
 
-Batching needs a common shape ``(N, D)``: every layer is fitted on the same number of positions
-(a seeded subsample of ``fit_points``, fewer when a layer has fewer positions) and layers that
-share ``D`` (e.g. all projected to ``pca_dim``) go into one :func:`dpmodels.fit_batched` call.
-Another disjoint subsample of positions gives a held-out log-likelihood per layer.
+Each layer is fitted on its own number of positions: a seeded subsample of ``min(fit_points,
+positions - held-out)`` that depends only on the seed and the layer's name. By default every
+layer gets its own call, so its answer is the one it gets alone. With ``batch_equal_shapes=True``
+layers of equal ``(N, D)`` (e.g. several layers capped at ``fit_points`` and projected to
+``pca_dim``) share one :func:`dpmodels.fit_batched` call, faster on a GPU; their k-means
+initialisations then come from one random stream, so a layer's result can differ from its fit
+alone as much as a fit with another seed does. Another disjoint subsample of positions gives a
+held-out log-likelihood per layer.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from ..activations.types import LayerActivations
 from ..estimator import DPGMM, fit_batched
 
-__all__ = ["LayerFit", "fit_layers"]
+__all__ = ["LayerFit", "fit_layers", "layer_rng"]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ class LayerFit:
     ``fit_index``/``heldout_index`` index ``LayerActivations.points`` (sorted); ``heldout_loglik``
     is the mean posterior predictive log density per held-out position (nats; NaN when no position
     was left over); ``fit_seconds`` is the wall time of the batched call that fitted this layer
-    together with ``batch_layers``."""
+    together with ``batch_layers`` (the layers of the same ``(N, D)``)."""
 
     name: str
     model: DPGMM
@@ -58,6 +62,12 @@ def split_positions(num_points: int, fit_points: int, heldout_points: int, rng: 
     return np.sort(perm[:n_fit]), np.sort(perm[n_fit : n_fit + n_held])
 
 
+def layer_rng(seed: int, name: str) -> np.random.Generator:
+    """The random stream of one layer's position split: a function of ``seed`` and the name only."""
+    tag = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+    return np.random.default_rng([int(seed), tag])
+
+
 def fit_layers(
     acts: dict[str, LayerActivations],
     *,
@@ -65,12 +75,15 @@ def fit_layers(
     heldout_points: int = 5_000,
     seed: int = 0,
     checkpoint_dir: str | Path | None = None,
+    batch_equal_shapes: bool = False,
     **dpgmm_kwargs,
 ) -> dict[str, LayerFit]:
     """Fit every layer of ``acts``; keyword arguments are those of :class:`dpmodels.DPGMM`.
 
-    With ``checkpoint_dir``, every batched call checkpoints its fit to a file there (one per group
-    of layers, named by ``D`` and a hash of the layer names; ``checkpoint_every`` in
+    Every layer is fitted on ``min(fit_points, positions - held-out)`` positions of its own, in a
+    call of its own unless ``batch_equal_shapes`` (then layers of equal ``(N, D)`` share one). With ``checkpoint_dir``, every batched call
+    checkpoints its fit to a file there (one per group of layers, named by ``N``, ``D`` and a hash
+    of the layer names; ``checkpoint_every`` in
     ``dpgmm_kwargs`` sets the interval). Calling again with the same arguments after a crash
     resumes: finished groups return their kept final state at once, an unfinished one goes on from
     its last save, and the results equal those of an uninterrupted call (bit for bit on CPU). The
@@ -82,7 +95,6 @@ def fit_layers(
         )
     if not acts:
         raise ValueError("fit_layers needs at least one layer; the layer selection matched nothing.")
-    rng = np.random.default_rng(seed)
     splits = {}
     for name, a in acts.items():
         if a.num_points < 10:
@@ -90,27 +102,20 @@ def fit_layers(
                 f"layer {name!r} has only {a.num_points} positions; a mixture needs more data "
                 "(use more images or keep every position)."
             )
-        splits[name] = split_positions(a.num_points, fit_points, heldout_points, rng)
-    n_common = min(len(fit) for fit, _ in splits.values())
-    groups: dict[int, list[str]] = {}
+        splits[name] = split_positions(a.num_points, fit_points, heldout_points, layer_rng(seed, name))
+    groups: dict[tuple[int, int], list[str]] = {}  # (N, D) -> layers fitted in one batched call
     for name, a in acts.items():
-        groups.setdefault(a.num_features, []).append(name)
+        key = (len(splits[name][0]), a.num_features)
+        groups.setdefault(key if batch_equal_shapes else (*key, name), []).append(name)
     fits: dict[str, LayerFit] = {}
     ckpt_paths: list[Path] = []
-    for D, names in groups.items():
-        data = []
-        for name in names:
-            fit_idx, held_idx = splits[name]
-            if len(fit_idx) > n_common:  # common N for batching; the rest joins the held-out set
-                keep = np.sort(rng.choice(len(fit_idx), n_common, replace=False))
-                fit_idx = fit_idx[keep]
-                splits[name] = (fit_idx, held_idx)
-            data.append(read_points(acts[name], fit_idx))
-        log.info("fitting %d layer(s) with D=%d on %d positions each: %s", len(names), D, n_common, names)
+    for (N, D, *_), names in groups.items():
+        data = [read_points(acts[name], splits[name][0]) for name in names]
+        log.info("fitting %d layer(s) with D=%d on %d positions each: %s", len(names), D, N, names)
         start = time.perf_counter()
         if checkpoint_dir is not None:
             tag = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
-            path = Path(checkpoint_dir) / f"fit_D{D}_{tag}.ckpt"
+            path = Path(checkpoint_dir) / f"fit_N{N}_D{D}_{tag}.ckpt"
             dpgmm_kwargs = {**dpgmm_kwargs, "checkpoint": path, "keep_checkpoint": True}
             ckpt_paths.append(path)
         models = fit_batched(torch.stack(data), seed=seed, **dpgmm_kwargs)

@@ -19,6 +19,7 @@ _COLUMNS = [
     ("n_active_interval", "K 90% interval", "[{0[0]:.0f}, {0[1]:.0f}]"),
     ("heldout_loglik", "held-out log-lik (nats)", "{:.2f}"),
     ("elbo", "ELBO per point", "{:.2f}"),
+    ("fit_points", "fit points", "{}"),
     ("mean_entropy", "mean entropy", "{:.3f}"),
     ("ari", "ARI", "{:.3f}"),
     ("nmi", "NMI", "{:.3f}"),

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import adjusted_rand_score
 
 from dpmodels.activations import LayerActivations, LayerGeometry
 from dpmodels.analysis.fitting import fit_layers, split_positions
@@ -26,7 +27,7 @@ def test_split_positions_disjoint_and_sized():
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_fit_layers_batches_layers_of_equal_dimension_and_recovers_clusters(seed):
+def test_fit_layers_fits_each_layer_on_its_own_points_and_recovers_clusters(seed):
     a, _ = _layer("block1", 3, 4, 16, 8, seed)  # N = 2048
     b, _ = _layer("block2", 5, 4, 8, 8, seed + 10)  # N = 512: sets the common N
     c, _ = _layer("raw", 2, 6, 8, 8, seed + 20)  # another D: its own batched call
@@ -34,9 +35,9 @@ def test_fit_layers_batches_layers_of_equal_dimension_and_recovers_clusters(seed
         {"block1": a, "block2": b, "raw": c}, fit_points=1000, heldout_points=200, seed=seed, truncation=12
     )
     assert list(fits) == ["block1", "block2", "raw"]
-    assert fits["block1"].batch_layers == ("block1", "block2") and fits["raw"].batch_layers == ("raw",)
-    n_fit = len(fits["block2"].fit_index)
-    assert len(fits["block1"].fit_index) == n_fit  # common N for batching
+    assert fits["block1"].batch_layers == ("block1",) and fits["raw"].batch_layers == ("raw",)
+    assert len(fits["block1"].fit_index) == 1000  # its own N, not the smaller layer's
+    assert len(fits["block2"].fit_index) == 512 - 102
     assert [f.model.n_active_ for f in fits.values()] == [3, 5, 2]
     for f in fits.values():
         assert np.isfinite(f.heldout_loglik)
@@ -51,3 +52,53 @@ def test_fit_layers_is_deterministic_and_rejects_empty_input():
     np.testing.assert_array_equal(one.model.means_, two.model.means_)
     with pytest.raises(ValueError, match="matched nothing"):
         fit_layers({})
+
+
+@pytest.fixture(scope="module")
+def resnet18_64px():
+    """resnet18 (random weights) on five 64 px texture mosaics: layers from 32 x 32 to 2 x 2 positions."""
+    from torchvision.models import resnet18
+
+    from dpmodels.activations import extract
+    from dpmodels.data import skimage_texture_mosaics
+
+    torch.manual_seed(0)
+    images = skimage_texture_mosaics(("brick", "grass", "gravel", "coffee"), num_images=5, size=64, seed=0)
+    net = resnet18(weights=None)
+    layers = ["relu", "layer1", "layer2", "layer3", "layer4"]
+    acts = extract(net, images, layers, pca_dim=8, progress=False, seed=0)
+    return acts
+
+
+def test_each_layer_is_fitted_on_its_own_positions_and_batching_does_not_change_it(resnet18_64px):
+    """Batching used to fit every layer on as many points as the smallest (20 for resnet18 at
+    64 px): relu got K = 2 with the group instead of K = 9 alone."""
+    acts = resnet18_64px
+    kw = dict(fit_points=600, heldout_points=100, seed=0, truncation=30, covariance="diag", progress=False)
+    group = fit_layers(acts, **kw)
+    for name, a in acts.items():
+        n_held = min(100, a.num_points // 5)
+        assert len(group[name].fit_index) == min(600, a.num_points - n_held), name
+        assert len(group[name].heldout_index) == n_held
+    assert len(group["relu"].fit_index) == 600 > len(group["layer4"].fit_index)
+    for name in ("relu", "layer1", "layer4"):
+        alone = fit_layers({name: acts[name]}, **kw)[name]
+        np.testing.assert_array_equal(alone.fit_index, group[name].fit_index)
+        assert alone.model.n_active_ == group[name].model.n_active_
+        np.testing.assert_allclose(alone.model.means_, group[name].model.means_, rtol=1e-5, atol=1e-6)
+        points = acts[name].tensor().numpy()
+        assert adjusted_rand_score(alone.model.predict(points), group[name].model.predict(points)) == 1.0
+
+
+def test_layers_of_equal_shape_can_share_a_batched_call():
+    a, za = _layer("a", 3, 4, 16, 4, 0)  # N = 1024 each, D = 4
+    b, zb = _layer("b", 4, 4, 16, 4, 1)
+    kw = dict(fit_points=500, heldout_points=100, seed=2, truncation=10, progress=False)
+    own = fit_layers({"a": a, "b": b}, **kw)
+    shared = fit_layers({"a": a, "b": b}, batch_equal_shapes=True, **kw)
+    assert own["a"].batch_layers == ("a",) and shared["a"].batch_layers == ("a", "b")
+    for name, acts, truth in (("a", a, za), ("b", b, zb)):
+        np.testing.assert_array_equal(own[name].fit_index, shared[name].fit_index)
+        assert own[name].model.n_active_ == shared[name].model.n_active_ == len(np.unique(truth))
+        pts = acts.tensor().numpy()
+        assert adjusted_rand_score(truth, shared[name].model.predict(pts)) > 0.99
