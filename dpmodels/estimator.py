@@ -18,6 +18,7 @@ from ._validation import NotFittedError, as_points, check_device, check_positive
 from .data.source import PointSource, spool
 from .infer import FitResult, NaturalOptions, PyroOptions, fit_natural, fit_pyro
 from .infer.degenerate import warn_if_degenerate
+from .infer.memory import check_memory, estimate_fit_bytes
 from .models.affine import AffineScaling, repeat_source, standardize
 from .models.base_measure import COVARIANCE_TYPES, empirical_base_measure
 from .models.dpgmm import ModelSpec
@@ -70,7 +71,9 @@ class DPGMM:
     in float64), so it does not depend on the data's units or offset; ``means_``,
     ``covariances_``, ``posterior_``, ``fit_result_`` and every score are in the data's units.
     When all ``truncation`` components end up active a :class:`TruncationWarning` says to raise
-    ``truncation``.
+    ``truncation``. A fit that would need more memory than is available is refused before it
+    allocates, with :class:`~dpmodels.infer.memory.InsufficientMemoryError` (a ``ValueError``)
+    giving the estimate and what to lower.
     """
 
     def __init__(
@@ -175,7 +178,9 @@ class DPGMM:
     def fit(self, X) -> DPGMM:
         """Fit to ``X``: an ``(N, D)`` array or tensor, or the path of an ``(N, D)`` ``.npy`` file (or
         an ``np.memmap``), which is read in chunks and never loaded whole. Returns ``self``."""
-        source, scaling = standardize(self._source(X))  # z = (x - centre) / scale, (1, N, D)
+        raw = self._source(X)
+        self._check_memory(self.n_restarts, *raw.shape[1:], in_memory=raw._mapping is None)
+        source, scaling = standardize(raw)  # z = (x - centre) / scale, (1, N, D)
         N, D = source.shape[1:]
         data = repeat_source(source, self.n_restarts)  # (B, N, D), restarts share memory
         base = empirical_base_measure(
@@ -214,6 +219,29 @@ class DPGMM:
                 return self.fit(points)
             finally:
                 del points
+
+    def _check_memory(self, B: int, N: int, D: int, in_memory: bool = True) -> None:
+        """Refuse, before allocating, a fit that would not fit in memory (see :mod:`dpmodels.infer.memory`)."""
+        needed = estimate_fit_bytes(
+            B,
+            N,
+            D,
+            self.truncation,
+            self.covariance,
+            chunk_size=self.chunk_size,
+            batch_size=self.batch_size,
+            merge=self.engine == "natural",
+            data_in_memory=in_memory,
+        )
+        check_memory(
+            needed,
+            f"fitting {B} mixture(s) with truncation={self.truncation}, covariance={self.covariance!r} "
+            f"to {N} points of {D} features",
+            "Lower truncation (an upper bound on the clusters; memory grows as its square), use "
+            "covariance='diag' or fewer features (pca_dim), or set chunk_size/batch_size; "
+            "DPMODELS_MEMORY_LIMIT=0 skips this check.",
+            self.device,
+        )
 
     def _run(self, data, spec: ModelSpec) -> FitResult:
         warn_if_degenerate(data, self.covariance, stacklevel=4)
@@ -354,6 +382,7 @@ def fit_batched(datasets, **kwargs) -> list[DPGMM]:
         dtype = _input_dtype(data)
         data = torch.stack([as_points(x, name=f"datasets[{i}]", dtype=dtype) for i, x in enumerate(data)])
     template = DPGMM(**kwargs)
+    template._check_memory(*data.shape)
     source, scaling = standardize(PointSource(data))  # each data set by its own centre and scale
     base = empirical_base_measure(
         source,

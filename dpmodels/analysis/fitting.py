@@ -23,6 +23,7 @@ import torch
 
 from ..activations.types import LayerActivations
 from ..estimator import DPGMM, fit_batched
+from ..infer.memory import check_memory, estimate_maps_bytes
 
 __all__ = ["LayerFit", "fit_layers", "layer_rng"]
 
@@ -76,6 +77,7 @@ def fit_layers(
     seed: int = 0,
     checkpoint_dir: str | Path | None = None,
     batch_equal_shapes: bool = False,
+    maps_draws: int | None = None,
     **dpgmm_kwargs,
 ) -> dict[str, LayerFit]:
     """Fit every layer of ``acts``; keyword arguments are those of :class:`dpmodels.DPGMM`.
@@ -87,7 +89,10 @@ def fit_layers(
     ``dpgmm_kwargs`` sets the interval). Calling again with the same arguments after a crash
     resumes: finished groups return their kept final state at once, an unfinished one goes on from
     its last save, and the results equal those of an uninterrupted call (bit for bit on CPU). The
-    files are removed once every group has finished. Returns the fits in the order of ``acts``."""
+    files are removed once every group has finished. Before fitting anything, the memory of every
+    call (and, with ``maps_draws``, of each layer's maps with that many draws) is checked against
+    what is available: :class:`~dpmodels.infer.memory.InsufficientMemoryError` if it would not fit.
+    Returns the fits in the order of ``acts``."""
     if "checkpoint" in dpgmm_kwargs or "keep_checkpoint" in dpgmm_kwargs:
         raise ValueError(
             "fit_layers names its checkpoint files itself; pass checkpoint_dir=... instead of "
@@ -107,6 +112,7 @@ def fit_layers(
     for name, a in acts.items():
         key = (len(splits[name][0]), a.num_features)
         groups.setdefault(key if batch_equal_shapes else (*key, name), []).append(name)
+    _check_memory(acts, groups, maps_draws, dpgmm_kwargs)
     fits: dict[str, LayerFit] = {}
     ckpt_paths: list[Path] = []
     for (N, D, *_), names in groups.items():
@@ -133,3 +139,20 @@ def fit_layers(
     ):
         Path(checkpoint_dir).rmdir()
     return {name: fits[name] for name in acts}
+
+
+def _check_memory(acts, groups, maps_draws, dpgmm_kwargs) -> None:
+    """Refuse before the first fit when any call, or any layer's maps, would exceed memory."""
+    template = DPGMM(**dpgmm_kwargs)
+    for (N, D, *_), names in groups.items():
+        template._check_memory(len(names), N, D)
+    if maps_draws is None:
+        return
+    for name, a in acts.items():
+        K, cov = template.truncation, template.covariance
+        check_memory(
+            estimate_maps_bytes(a.num_points, a.num_features, K, cov, maps_draws),
+            f"the maps of layer {name!r} ({a.num_points} positions, truncation={K}, {maps_draws} draws)",
+            "Lower truncation or the number of draws (infer.num_draws), or use covariance='diag'.",
+            template.device,
+        )
