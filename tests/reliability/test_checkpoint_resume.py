@@ -176,8 +176,8 @@ def _layer(name: str, D: int, seed: int):
 def test_fit_layers_resumes_after_an_interruption(tmp_path):
     from dpmodels.analysis.fitting import fit_layers  # noqa: PLC0415
 
-    acts = {"a": _layer("a", 2, 0), "b": _layer("b", 3, 1), "c": _layer("c", 2, 2)}  # groups D=2 and D=3
-    kwargs = dict(fit_points=1500, heldout_points=200, seed=4, truncation=10, tol=1e-6)
+    acts = {"a": _layer("a", 2, 0), "b": _layer("b", 3, 1), "c": _layer("c", 2, 2)}  # one call per layer
+    kwargs = dict(fit_points=1500, heldout_points=200, seed=4, truncation=10, tol=1e-5)
     start = time.perf_counter()
     reference = fit_layers(acts, **kwargs)
     seconds = time.perf_counter() - start
