@@ -69,3 +69,21 @@ def test_all_components_active_warns_to_raise_the_truncation():
     with warnings.catch_warnings():
         warnings.simplefilter("error", TruncationWarning)
         assert DPGMM(truncation=30, seed=0).fit(X).n_active_ < 30
+
+
+def test_posterior_and_inference_data_speak_the_data_units():
+    """What maps and diagnostics consume (``posterior_``, InferenceData) is in the data's units."""
+    import torch
+
+    from dpmodels.diagnostics import to_inference_data
+
+    a, b = 1e-3, 50.0
+    ref, model = REFERENCE["full"], DPGMM(truncation=8, seed=0).fit(a * X0 + b)
+    np.testing.assert_allclose(
+        model.posterior_.means[0, :3].numpy(), a * ref.posterior_.means[0, :3].numpy() + b, atol=1e-5
+    )
+    x = torch.tensor(a * X0 + b, dtype=torch.float32)
+    np.testing.assert_array_equal(model.posterior_.predict(x)[0].numpy(), model.predict(a * X0 + b))
+    ll_ref = to_inference_data([ref], X0, num_draws=10, seed=0).log_likelihood["x"].values
+    ll = to_inference_data([model], a * X0 + b, num_draws=10, seed=0).log_likelihood["x"].values
+    np.testing.assert_allclose(ll, ll_ref - X0.shape[1] * np.log(a), atol=0.02)  # float32 in user units
