@@ -82,6 +82,7 @@ def analyze(
     fitting: dict | None = None,
     dpgmm: dict | None = None,
     num_draws: int = 64,
+    map_draws: int = 16,
     figures: dict | None = None,
     baselines: bool = False,
     k_max: int = 12,
@@ -95,7 +96,9 @@ def analyze(
     ``extraction``: keyword arguments of :func:`dpmodels.activations.extract` (positions_per_image,
     standardize, pca_dim, batch_size; ``on_disk=True`` streams points to ``out_dir/activations``);
     ``fitting``: ``fit_points``, ``heldout_points``; ``dpgmm``: keyword arguments of
-    :class:`dpmodels.DPGMM`; ``figures``: ``enabled``, ``num_images``, ``prototypes``, ``dpi``;
+    :class:`dpmodels.DPGMM`; ``num_draws``: posterior draws for InferenceData and K̂'s interval;
+    ``map_draws``: posterior draws for the epistemic/aleatoric maps (their cost is linear in it, over
+    every position of every image); ``figures``: ``enabled``, ``num_images``, ``prototypes``, ``dpi``;
     ``network``: what the model is (recorded in the metrics)."""
     from ..diagnostics import save_inference_data, to_inference_data  # ArviZ only when needed
 
@@ -130,6 +133,7 @@ def analyze(
         device=device,
         progress=progress,
         checkpoint_dir=out_dir / "checkpoints",
+        maps_draws=map_draws,
         **(dpgmm or {}),
     )
     timings["fit_seconds"] = time.perf_counter() - t0
@@ -137,7 +141,7 @@ def analyze(
     t0 = time.perf_counter()
     all_maps, layer_rows, k_draws, eval_rows = {}, {}, {}, []
     for name, fit in fits.items():
-        maps = layer_maps(fit.model, acts[name], num_draws=num_draws, seed=seed, progress=progress)
+        maps = layer_maps(fit.model, acts[name], num_draws=map_draws, seed=seed, progress=progress)
         all_maps[name] = maps
         save_layer_maps(out_dir, maps)
         k_draws[name] = n_active_draws(fit.model.posterior_, num_draws=max(num_draws, 100), seed=seed)
