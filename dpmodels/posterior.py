@@ -19,6 +19,8 @@ from .models.family import (
     expected_log_weights,
     expected_weights,
     log_predictive_components,
+    predictive_plan,
+    quadratic_plan,
     take_components,
 )
 from .models.guide import assignment_log_probs
@@ -159,7 +161,9 @@ class MixturePosterior:
     def log_responsibilities(self, x: Tensor) -> Tensor:
         """Mean-field ``log q(z_n = k)`` ``(B, N, K)``, components in canonical order."""
         e_log_pi = expected_log_weights(self.params)
-        log_r = self._chunked(lambda c: assignment_log_probs(self.params, c, e_log_pi), x)
+        # float32 on raw data: the whitened form (no cancellation, same bits whatever the chunking)
+        plan = quadratic_plan(self.params, "whitened" if self.params.covariance == "full" else None)
+        log_r = self._chunked(lambda c: assignment_log_probs(self.params, c, e_log_pi, plan), x)
         return torch.gather(log_r, 2, self.order.unsqueeze(1).expand_as(log_r))
 
     def responsibilities(self, x: Tensor) -> Tensor:
@@ -179,8 +183,9 @@ class MixturePosterior:
         """Posterior predictive log density ``log p(x_n | data)`` in nats ``(B, N)``:
         ``log sum_k E[pi_k] St(x_n | component k)``."""
         log_w = torch.log(expected_weights(self.params)).unsqueeze(1)  # (B, 1, K)
+        plan = predictive_plan(self.params)  # once for all chunks
         return self._chunked(
-            lambda c: torch.logsumexp(log_w + log_predictive_components(self.params, c), dim=-1), x
+            lambda c: torch.logsumexp(log_w + log_predictive_components(self.params, c, plan), dim=-1), x
         )
 
     # ---- draws ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..models.family import second_moments
+from ..models.quadratic import choose_form, weighted_scatter
 from .updates import Stats
 
 __all__ = ["kmeans_plusplus", "lloyd", "initial_stats"]
@@ -86,8 +86,7 @@ def initial_stats(
     x64 = x.double()
     r_t = onehot.transpose(1, 2)  # (B, K, n)
     s1 = r_t @ x64
-    s2 = r_t @ second_moments(x64, covariance)  # (B, K, D*D) or (B, K, D)
-    if covariance == "full":
-        s2 = s2.reshape(B, truncation, D, D)
+    form = choose_form(covariance, D)
+    s2 = weighted_scatter(onehot, x64, form)  # (B, K, D, D) or (B, K, D)
     stats = Stats(r_t.sum(-1), s1, s2, torch.zeros(B, dtype=torch.float64, device=x.device))
     return stats.scale(num_points / n)

@@ -11,15 +11,23 @@ A merge is kept only if it raises the ELBO, so the full-batch ELBO still never d
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 from torch import Tensor
 
 from ..models.base_measure import BaseMeasure
 from ..models.family import VariationalParams
 from ..priors import WeightPrior
-from .updates import Stats, elbo_from_stats, m_step, select_fits
+from .updates import (
+    Stats,
+    _prior_concentration,
+    component_elbo_terms,
+    component_update,
+    elbo_from_stats,
+    m_step,
+    select_fits,
+    weight_elbo_terms,
+    weight_update,
+)
 
 __all__ = ["candidate_pairs", "xlogx", "try_merges"]
 
@@ -73,8 +81,57 @@ def _merged_stats(stats: Stats, comp_xlogx: Tensor, pair_xlogx: Tensor, pairs: T
     return Stats(merge(stats.count), merge(stats.s1), merge(stats.s2), entropy)
 
 
-def _tile(t: Tensor, P: int) -> Tensor:
-    return t.unsqueeze(0).expand((P,) + t.shape).reshape((P * t.shape[0],) + t.shape[1:])
+def _pair_candidate_elbos(
+    stats: Stats,
+    comp_xlogx: Tensor,
+    pair_xlogx: Tensor,
+    pairs: Tensor,
+    previous: VariationalParams,
+    base: BaseMeasure,
+    prior: WeightPrior,
+) -> Tensor:
+    """Exact ELBO after merging each pair and an M-step, ``(B, P)``, without an M-step over all
+    ``K`` components per pair.
+
+    The ELBO is a sum of per-component terms (each a function of that component's statistics
+    only), a weights term (a function of the counts) and the assignment entropy. Merging ``(j, k)``
+    replaces the terms of ``j`` and ``k`` by that of the merged statistics and that of an empty
+    component (zero: an empty component sits at the prior); the weights term is recomputed from the
+    merged counts (cheap, ``O(K)``). Cost: one component update per pair and one per component,
+    instead of ``K`` per pair."""
+    B, P, _ = pairs.shape
+    j, k = pairs[..., 0], pairs[..., 1]  # (B, P)
+    terms = component_elbo_terms(stats, component_update(stats, base), base)  # (B, K)
+
+    def pair_sum(t: Tensor) -> Tensor:  # t (B, K, ...) -> t_j + t_k  (B, P, ...)
+        tail = t.shape[2:]
+        idx = (1,) * len(tail)
+        jj = j.reshape(B, P, *idx).expand(B, P, *tail)
+        kk = k.reshape(B, P, *idx).expand(B, P, *tail)
+        return torch.gather(t, 1, jj) + torch.gather(t, 1, kk)
+
+    zero = torch.zeros(B, dtype=stats.entropy.dtype, device=stats.entropy.device)
+    pair_stats = Stats(pair_sum(stats.count), pair_sum(stats.s1), pair_sum(stats.s2), zero)
+    pair_terms = component_elbo_terms(pair_stats, component_update(pair_stats, base), base)  # (B, P)
+    comp_total = terms.sum(-1, keepdim=True) - pair_sum(terms) + pair_terms  # (B, P)
+    counts = stats.count.unsqueeze(1).expand(B, P, -1).clone()  # (B, P, K) merged counts
+    counts.scatter_add_(2, j.unsqueeze(-1), torch.gather(counts, 2, k.unsqueeze(-1)))
+    counts.scatter_(2, k.unsqueeze(-1), torch.zeros_like(counts[..., :1]))
+    flat = counts.reshape(B * P, -1)  # fit-major rows: row b * P + p
+    alpha = _prior_concentration(prior, previous, stats.count.clamp_min(0.0)).repeat_interleave(P)
+    weights = weight_update(flat.clamp_min(0.0), prior, alpha)
+    weight_terms = weight_elbo_terms(flat, weights, prior).reshape(B, P)
+    gain = torch.gather(comp_xlogx, 1, j) + torch.gather(comp_xlogx, 1, k) - pair_xlogx  # (B, P)
+    return comp_total + weight_terms + stats.entropy.unsqueeze(-1) + gain
+
+
+def _single_merge(
+    stats: Stats, comp_xlogx: Tensor, pair_xlogx: Tensor, pairs: Tensor, best: Tensor
+) -> Stats:
+    """Statistics ``(B, K, ...)`` after merging, in every fit, its pair ``best (B,)``."""
+    rows = torch.arange(pairs.shape[0], device=pairs.device)
+    chosen = pairs[rows, best].unsqueeze(1)  # (B, 1, 2)
+    return _merged_stats(stats, comp_xlogx, pair_xlogx[rows, best].unsqueeze(1), chosen)
 
 
 def try_merges(
@@ -93,24 +150,21 @@ def try_merges(
     the best single merge, or all disjoint merges with positive gain applied together (their
     combined ELBO is exact too, since disjoint merges touch different columns of ``q(z)``).
 
-    Returns ``(params, elbo (B,), n_merged (B,) int)``.
+    Candidates are ranked by :func:`_pair_candidate_elbos`; the merge that is kept has its ELBO
+    recomputed from the merged statistics as a whole. Returns ``(params, elbo (B,), n_merged (B,) int)``.
     """
     B, P, _ = pairs.shape
     if P == 0:
         return current, current_elbo, torch.zeros(B, dtype=torch.long, device=current_elbo.device)
-    merged_stats = _merged_stats(stats, comp_xlogx, pair_xlogx, pairs)
-    base_t = replace(
-        base, **{f: _tile(getattr(base, f), P) for f in ("mean", "mean_precision", "dof", "scale")}
-    )
-    prev_t = previous.map(lambda t: _tile(t, P))
-    cand = m_step(merged_stats, base_t, prior, prev_t)
-    cand_elbo = elbo_from_stats(merged_stats, cand, base_t, prior).reshape(P, B).T  # (B, P)
-    cand_elbo = cand_elbo.masked_fill(~valid, -torch.inf)
-    best_elbo, best = cand_elbo.max(-1)  # (B,)
+    cand_elbo = _pair_candidate_elbos(stats, comp_xlogx, pair_xlogx, pairs, previous, base, prior)
+    cand_elbo = torch.nan_to_num(cand_elbo, nan=-torch.inf).masked_fill(~valid, -torch.inf)  # (B, P)
+    best = cand_elbo.argmax(-1)  # (B,)
     threshold = current_elbo + 1e-9 * current_elbo.abs()
-    accept = best_elbo > threshold
-    flat = best * B + torch.arange(B, device=best.device)  # row of (P * B) for each fit
-    params = select_fits(accept, cand.map(lambda t: t[flat]), current)
+    single = _single_merge(stats, comp_xlogx, pair_xlogx, pairs, best)
+    cand = m_step(single, base, prior, previous)
+    best_elbo = elbo_from_stats(single, cand, base, prior)  # exact, for the merge as applied
+    accept = valid.any(-1) & (best_elbo > threshold)
+    params = select_fits(accept, cand, current)
     elbo = torch.where(accept, best_elbo, current_elbo)
     n_merged = accept.long()
     combined, n_pairs = _combine_disjoint(

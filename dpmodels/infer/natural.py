@@ -116,7 +116,9 @@ def fit_natural(
     dtype = data.dtype if data.dtype in (torch.float32, torch.float64) else torch.float32
     B, N, D = data.shape
     K = spec.truncation
-    width = max(K, D * D if spec.covariance == "full" else D)  # per-point width of the temporaries
+    # per-point width of the chunk's temporaries: (B, n, K) responsibilities and (B, n, D) points; the
+    # quadratic forms and scatters block their own wider temporaries (dpmodels.models.quadratic)
+    width = max(K, D)
     chunk = opts.chunk_size or auto_chunk_size(B, 1, width)
     generator = torch.Generator().manual_seed(seed)
     start_time = time.perf_counter()

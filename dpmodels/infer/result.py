@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..models.dpgmm import ModelSpec
-from ..models.family import VariationalParams, expected_log_weights
+from ..models.family import VariationalParams, expected_log_weights, quadratic_plan
 from .merge import xlogx
 from .updates import e_step
 
@@ -68,6 +68,7 @@ def full_pass(
     cpu_fits = None if fits is None else fits.cpu()
     params_c = params.map(lambda t: t.to(device=device, dtype=dtype))
     e_log_pi = expected_log_weights(params_c)
+    plan = quadratic_plan(params_c)  # per-component factors, once per pass
     shift_c = shift.to(device=device, dtype=dtype).unsqueeze(1)
     total, comp, pair = None, 0.0, 0.0
     for start in range(0, data.shape[1], chunk_size):
@@ -75,7 +76,7 @@ def full_pass(
         if cpu_fits is not None:
             x = x[cpu_fits]
         x = x.to(device=device, dtype=dtype) - shift_c
-        stats, log_r = e_step(params_c, x, e_log_pi)
+        stats, log_r = e_step(params_c, x, e_log_pi, plan)
         total = stats if total is None else total + stats
         if pairs is not None:
             for sub in range(0, log_r.shape[1], 8192):  # (B, 8192, P) temporaries at most

@@ -21,19 +21,30 @@ from ..models.base_measure import BaseMeasure
 from ..models.family import (
     LOG_2PI,
     VariationalParams,
-    components_kl,
+    components_kl_terms,
     concentration_kl,
     expected_concentration,
     expected_log_det_precision,
     expected_log_weights,
-    second_moments,
+    quadratic_plan,
     take_components,
     weights_kl,
 )
 from ..models.guide import assignment_log_probs
+from ..models.quadratic import QuadraticPlan, weighted_scatter
 from ..priors import WeightPrior
 
-__all__ = ["Stats", "e_step", "m_step", "elbo_from_stats", "select_fits"]
+__all__ = [
+    "Stats",
+    "e_step",
+    "m_step",
+    "component_update",
+    "weight_update",
+    "elbo_from_stats",
+    "component_elbo_terms",
+    "weight_elbo_terms",
+    "select_fits",
+]
 
 
 @dataclass
@@ -64,8 +75,8 @@ class Stats:
 STATS_BLOCK = 2048
 
 
-def _blocked_sums(r: Tensor, x: Tensor, phi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``sum_n r_nk`` ``(B, K)``, ``sum_n r_nk x_n`` ``(B, K, D)`` and ``sum_n r_nk phi_n`` in float64.
+def _blocked_sums(r: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``sum_n r_nk`` ``(B, K)`` and ``sum_n r_nk x_n`` ``(B, K, D)`` in float64.
 
     Sums run in float32 over blocks of at most ``STATS_BLOCK`` points and in float64 across
     blocks, so a long chunk does not lose the digits that the scatter ``S2 - S1 S1^T / N`` needs
@@ -75,33 +86,34 @@ def _blocked_sums(r: Tensor, x: Tensor, phi: Tensor) -> tuple[Tensor, Tensor, Te
     parts = [(0, full, STATS_BLOCK)] if full else []
     if n > full:
         parts.append((full, n, n - full))
-    count = s1 = s2 = 0.0
+    count = s1 = 0.0
     for start, stop, size in parts:
         nb = (stop - start) // size
         r_b = r[:, start:stop].reshape(B * nb, size, K).transpose(1, 2)  # (B nb, K, size)
-
-        def block_sum(f: Tensor, r_b=r_b, start=start, stop=stop, nb=nb, size=size) -> Tensor:
-            f_b = f[:, start:stop].reshape(B * nb, size, f.shape[-1])
-            return (r_b @ f_b).reshape(B, nb, K, -1).double().sum(1)
-
+        x_b = x[:, start:stop].reshape(B * nb, size, x.shape[-1])
         count = count + r_b.sum(-1).reshape(B, nb, K).double().sum(1)
-        s1 = s1 + block_sum(x)
-        s2 = s2 + block_sum(phi)
-    return count, s1, s2
+        s1 = s1 + (r_b @ x_b).reshape(B, nb, K, -1).double().sum(1)
+    return count, s1
 
 
-def e_step(params: VariationalParams, x: Tensor, e_log_pi: Tensor | None = None) -> tuple[Stats, Tensor]:
+def e_step(
+    params: VariationalParams,
+    x: Tensor,
+    e_log_pi: Tensor | None = None,
+    plan: QuadraticPlan | None = None,
+) -> tuple[Stats, Tensor]:
     """Responsibilities and statistics of a centred chunk ``x (B, n, D)``.
 
-    Returns the chunk's :class:`Stats` (float64) and ``log r (B, n, K)``.
+    ``plan`` (:func:`~dpmodels.models.family.quadratic_plan` of ``params``, built once per pass)
+    picks the form of the quadratic forms and of the scatter for the width ``D``; memory stays
+    bounded as :mod:`dpmodels.models.quadratic` states. Returns the chunk's :class:`Stats`
+    (float64) and ``log r (B, n, K)``.
     """
-    B, n, D = x.shape
-    phi = second_moments(x, params.covariance)  # (B, n, D*D) or (B, n, D)
-    log_r = assignment_log_probs(params, x, e_log_pi, phi)  # (B, n, K)
+    plan = plan or quadratic_plan(params)
+    log_r = assignment_log_probs(params, x, e_log_pi, plan)  # (B, n, K)
     r = log_r.exp()
-    count, s1, s2 = _blocked_sums(r, x, phi)
-    if params.covariance == "full":
-        s2 = s2.reshape(B, -1, D, D)
+    count, s1 = _blocked_sums(r, x)
+    s2 = weighted_scatter(r, x, plan.form, STATS_BLOCK)  # (B, K, D, D) or (B, K, D)
     entropy = -torch.where(r > 0, r * log_r, torch.zeros_like(r)).double().sum((1, 2))  # (B,)
     return Stats(count, s1, s2, entropy), log_r
 
@@ -117,8 +129,21 @@ def m_step(
     ``base`` must be centred (``base.mean == 0``). The concentration, when learned, is updated after
     the sticks (coordinate ascent), starting from ``previous``'s ``E[alpha]``.
     """
+    params = component_update(stats, base)
     n_k = stats.count.clamp_min(0.0)  # (B, K)
-    K = n_k.shape[-1]
+    weights = weight_update(n_k, prior, _prior_concentration(prior, previous, n_k))
+    return replace(params, **{k: getattr(weights, k) for k in _WEIGHT_FIELDS})
+
+
+_WEIGHT_FIELDS = ("stick_a", "stick_b", "dirichlet", "conc_shape", "conc_rate")
+
+
+def component_update(stats: Stats, base: BaseMeasure) -> VariationalParams:
+    """The component factors ``q(mu_k, Lambda_k)`` from centred statistics (weights left unset).
+
+    Each component depends on its own statistics only, so ``stats`` may hold any number ``K'`` of
+    components (e.g. one merged candidate per pair); ``base`` has one row per fit ``(B, ...)``."""
+    n_k = stats.count.clamp_min(0.0)  # (B, K')
     beta = base.mean_precision[:, None] + n_k
     mean = stats.s1 / beta.unsqueeze(-1)
     dof = base.dof[:, None] + n_k
@@ -130,16 +155,22 @@ def m_step(
     else:
         psi = base.scale.unsqueeze(1) + stats.s2 - stats.s1.pow(2) / beta.unsqueeze(-1)
         comp = {"scale": torch.maximum(psi, 1e-3 * base.scale.unsqueeze(1))}
-    params = VariationalParams(base.covariance, mean, beta, dof, **comp)
+    return VariationalParams(base.covariance, mean, beta, dof, **comp)
+
+
+def weight_update(n_k: Tensor, prior: WeightPrior, alpha: Tensor) -> VariationalParams:
+    """The weight factors (sticks or Dirichlet, and ``q(alpha)`` when learned) from the counts
+    ``n_k (B, K)`` and the concentration ``alpha (B,)`` that the sticks' update uses. The returned
+    parameters carry placeholder component fields (``D = 0``); only the weight fields are meant."""
+    B, K = n_k.shape
+    params = VariationalParams("diag", n_k.new_zeros(B, K, 0), torch.ones_like(n_k), torch.ones_like(n_k))
     if not prior.uses_sticks:
-        alpha = _prior_concentration(prior, previous, n_k)
         params.dirichlet = alpha.unsqueeze(-1) / K + n_k
         return params
     if K == 1:
-        params.stick_a = n_k.new_ones(n_k.shape[0], 0)
-        params.stick_b = n_k.new_ones(n_k.shape[0], 0)
+        params.stick_a = n_k.new_ones(B, 0)
+        params.stick_b = n_k.new_ones(B, 0)
         return params
-    alpha = _prior_concentration(prior, previous, n_k)  # (B,)
     k = torch.arange(1, K, dtype=n_k.dtype, device=n_k.device)
     tail = n_k.flip(-1).cumsum(-1).flip(-1)[:, 1:]  # sum_{j > k} N_j, (B, K-1)
     params.stick_a = (1.0 - prior.discount) + n_k[:, :-1]
@@ -169,6 +200,17 @@ def _safe_cholesky(psi: Tensor, psi0: Tensor) -> Tensor:
 
 def elbo_from_stats(stats: Stats, params: VariationalParams, base: BaseMeasure, prior: WeightPrior) -> Tensor:
     """Total ELBO (nats, per fit, ``(B,)``) from centred statistics and float64 parameters."""
+    return (
+        component_elbo_terms(stats, params, base).sum(-1)
+        + weight_elbo_terms(stats.count, params, prior)
+        + stats.entropy
+    )
+
+
+def component_elbo_terms(stats: Stats, params: VariationalParams, base: BaseMeasure) -> Tensor:
+    """Each component's share of the ELBO, ``(B, K')``: its expected data log-likelihood under
+    ``q(z)`` minus ``KL(q(mu_k, Lambda_k) || base)``. A component with no points at the prior
+    contributes zero. Like :func:`component_update`, it works for any number ``K'`` of components."""
     D = params.num_features
     n_k = stats.count
     m = params.mean  # (B, K, D), centred
@@ -182,16 +224,14 @@ def elbo_from_stats(stats: Stats, params: VariationalParams, base: BaseMeasure, 
     else:
         scatter = stats.s2 - 2 * stats.s1 * m + n_k.unsqueeze(-1) * m.pow(2)
         trace = (scatter / params.scale).sum(-1)
-    data_term = (n_k * const - 0.5 * params.dof * trace).sum(-1)
+    return n_k * const - 0.5 * params.dof * trace - components_kl_terms(params, base)
+
+
+def weight_elbo_terms(n_k: Tensor, params: VariationalParams, prior: WeightPrior) -> Tensor:
+    """The weights' share of the ELBO, ``(B,)``: ``sum_k N_k E[log pi_k]`` minus the KL terms of the
+    weights and of the concentration."""
     assign_term = (n_k * expected_log_weights(params)).sum(-1)
-    return (
-        data_term
-        + assign_term
-        + stats.entropy
-        - weights_kl(params, prior)
-        - components_kl(params, base)
-        - concentration_kl(params, prior)
-    )
+    return assign_term - weights_kl(params, prior) - concentration_kl(params, prior)
 
 
 def select_fits(

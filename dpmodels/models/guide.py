@@ -17,18 +17,19 @@ from torch import Tensor
 from .distributions import Wishart
 from .dpgmm import ModelSpec
 from .family import VariationalParams, expected_log_likelihood, expected_log_weights
+from .quadratic import QuadraticPlan
 
 __all__ = ["assignment_log_probs", "dpgmm_guide"]
 
 
 def assignment_log_probs(
-    params: VariationalParams, x: Tensor, e_log_pi: Tensor | None = None, phi: Tensor | None = None
+    params: VariationalParams, x: Tensor, e_log_pi: Tensor | None = None, plan: QuadraticPlan | None = None
 ) -> Tensor:
-    """Normalised mean-field ``log r`` ``(B, n, K)`` for ``x (B, n, D)`` (``phi``: see
-    :func:`~dpmodels.models.family.second_moments`)."""
+    """Normalised mean-field ``log r`` ``(B, n, K)`` for ``x (B, n, D)`` (``plan``: see
+    :func:`~dpmodels.models.family.quadratic_plan`)."""
     if e_log_pi is None:
         e_log_pi = expected_log_weights(params)
-    logits = e_log_pi.unsqueeze(1) + expected_log_likelihood(params, x, phi)  # (B, n, K)
+    logits = e_log_pi.unsqueeze(1) + expected_log_likelihood(params, x, plan)  # (B, n, K)
     return torch.log_softmax(logits, dim=-1)
 
 
