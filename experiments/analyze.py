@@ -21,7 +21,7 @@ from dpmodels.analysis import analyze, obtain_network
 from dpmodels.analysis.network import check_layers
 
 from .builders import dataset_from_config, dpgmm_kwargs
-from .common import mark_done, mark_started, output_dir, should_run, user_errors
+from .common import guard_argv, job, mark_done, mark_started, output_dir, should_run
 from .schema import register
 
 matplotlib.use("Agg")  # an entry point writes figure files; the library never picks a backend
@@ -42,7 +42,7 @@ def run(cfg: DictConfig) -> dict | None:
     )
     net = OmegaConf.to_container(cfg.net, resolve=True)
     check_layers(net["name"], cfg.layers.names, in_channels=images.channels, widths=net["widths"])
-    mark_started(out_dir, cfg)
+    staging = mark_started(out_dir, cfg)  # results are written here, published by mark_done
     model, net_info = obtain_network(
         net.pop("name"),
         in_channels=images.channels,
@@ -55,7 +55,7 @@ def run(cfg: DictConfig) -> dict | None:
     metrics = analyze(
         images,
         model,
-        out_dir,
+        staging,
         layers=layers.pop("names"),
         extraction=layers,
         fitting={"fit_points": cfg.infer.fit_points, "heldout_points": cfg.infer.heldout_points},
@@ -74,9 +74,10 @@ def run(cfg: DictConfig) -> dict | None:
     return metrics
 
 
+@guard_argv
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
-    with user_errors(output_dir()):
+    with job(cfg):  # one line per user error, schema check, threads, run-directory lock
         run(cfg)
 
 

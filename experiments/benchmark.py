@@ -23,6 +23,8 @@ from dpmodels import bench_extraction
 from dpmodels.benchmark import BenchmarkSettings, format_table, run_benchmark, write_results
 from dpmodels.io import atomic_write_json
 
+from .common import guard_argv, job
+
 # Typed schema: conf/benchmark.yaml names it first in its defaults list, so unknown keys are errors.
 ConfigStore.instance().store(name="benchmark_schema", node=BenchmarkSettings)
 
@@ -51,10 +53,14 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> list[dict]:
     return rows
 
 
+@guard_argv
 @hydra.main(version_base="1.3", config_path="../conf", config_name="benchmark")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: ``python -m experiments.benchmark [preset=NAME] [key=value ...]``."""
-    run(cfg, HydraConfig.get().runtime.output_dir)
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    with job(cfg, out_dir, lock=False) as threads:  # one line per user error, schema check, threads
+        cfg.threads = threads  # null: the process's share of the cores, also for scikit-learn
+        run(cfg, out_dir)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,15 @@ def dataset_from_config(data: DictConfig) -> ImageSet:
                 f"data.{key}={value!r} does not apply to data={name} (its options: {sorted(accepted)}); "
                 "remove the override."
             )
+    renamed = {new: old for old, new in _RENAME.get(name, {}).items()}
+    required = [
+        p.name
+        for p in inspect.signature(loader).parameters.values()
+        if p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in kwargs
+    ]
+    if required:
+        key = renamed.get(required[0], required[0])
+        raise ValueError(f"data={name} needs data.{key}: pass data.{key}=... on the command line.")
     images = load_dataset(name, **kwargs)
     if resize_to is not None and images.size != (resize_to, resize_to):
         images = _resize(images, resize_to)

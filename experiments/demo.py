@@ -23,8 +23,12 @@ from dpmodels.data import PlantedMixture
 from dpmodels.io import atomic_write_text
 from dpmodels.viz import plot_elbo_history, plot_fit_projection
 
+from .common import guard_argv, job
+from .schema import register
+
 matplotlib.use("Agg")  # an entry point writes figure files; the library never picks a backend
 log = logging.getLogger(__name__)
+register()
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
@@ -68,12 +72,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     return metrics
 
 
+@guard_argv
 @hydra.main(version_base="1.3", config_path="../conf", config_name="demo")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    metrics = run(cfg, out_dir)
-    log.info("results in %s", out_dir)
-    print(json.dumps(metrics, indent=2))
+    with job(cfg, out_dir, lock=False):  # one line per user error, schema check
+        metrics = run(cfg, out_dir)
+        log.info("results in %s", out_dir)
+        print(json.dumps(metrics, indent=2))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 Each YAML option in ``conf/<group>/`` starts from the schema of its group (``defaults: [schema]``),
 so a misspelled key or a value of the wrong type fails when the configuration is composed, before
-any work starts. Field comments are the configuration reference.
+any work starts. Hydra's append override (``+prior.concentraton=2``) adds a key even to a
+structured config, so every entry point also checks the composed config against these schemas
+before any work (``experiments.common.check_config``). Field comments are the configuration
+reference.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 __all__ = [
     "AnalyzeConf",
     "DataConf",
+    "DemoConf",
     "InferConf",
     "LayersConf",
     "NetConf",
@@ -134,7 +138,46 @@ class AnalyzeConf:
     seed: int = 0  # seeds fitting, subsampling and posterior draws
     device: str = "cpu"  # cpu | cuda
     cache_dir: str | None = None  # trained networks; null = $DPMODELS_CACHE or ~/.cache/dpmodels
-    overwrite: bool = False  # allow writing into a run directory that already holds results
+    overwrite: bool = False  # replace the results a run directory holds (swapped in when the new run ends)
+    # torch CPU threads; null = this process's share of the cores (cores // parallel jobs of a
+    # hydra/launcher=parallel multirun, or OMP_NUM_THREADS when set); not part of the config hash
+    threads: int | None = None
+
+
+@dataclass
+class DemoDataConf:
+    """Planted clusters of ``python -m experiments.demo``."""
+
+    n_clusters: int = 5  # planted clusters K*
+    n_features: int = 8  # D
+    n_points: int = 5000  # N (training); as many again are drawn for held-out scoring
+    covariance: str = "full"  # shape of the planted clusters: full | diag
+    separation: float = 4.0  # minimum distance between centres, in within-cluster standard deviations
+    seed: int = 0
+
+
+@dataclass
+class DemoModelConf:
+    """The demo's DPGMM (keyword arguments of ``dpmodels.DPGMM``)."""
+
+    truncation: int = 30
+    prior: str = "dp"  # dp | pitman_yor | finite
+    concentration: float = 1.0
+    discount: float = 0.0
+    learn_concentration: bool = False
+    covariance: str = "full"  # full | diag
+    engine: str = "natural"  # natural | pyro
+    batch_size: int | None = None  # null = full batch
+    n_restarts: int = 1
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+
+@dataclass
+class DemoConf:
+    data: DemoDataConf = field(default_factory=DemoDataConf)
+    model: DemoModelConf = field(default_factory=DemoModelConf)
 
 
 GROUPS = {
@@ -149,8 +192,10 @@ GROUPS = {
 
 
 def register() -> None:
-    """Store the schemas: ``analyze_schema`` (top level) and ``<group>/schema`` for each group."""
+    """Store the schemas: ``analyze_schema`` and ``demo_schema`` (top level) and ``<group>/schema``
+    for each group of the main job."""
     cs = ConfigStore.instance()
     cs.store(name="analyze_schema", node=AnalyzeConf)
+    cs.store(name="demo_schema", node=DemoConf)
     for group, node in GROUPS.items():
         cs.store(group=group, name="schema", node=node)

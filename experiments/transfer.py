@@ -19,7 +19,6 @@ import time
 
 import hydra
 import matplotlib
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dpmodels.analysis import obtain_network
@@ -30,7 +29,7 @@ from dpmodels.nets import build_net
 from dpmodels.transfer import experiment as tx
 from dpmodels.transfer import report
 
-from .common import mark_done, mark_started, output_dir, should_run, user_errors
+from .common import guard_argv, job, mark_done, mark_started, output_dir, should_run
 from .transfer_schema import register
 
 matplotlib.use("Agg")
@@ -43,8 +42,6 @@ def run(cfg: DictConfig) -> dict | None:
     if not should_run(out_dir, cfg, cfg.overwrite):
         return None
     t0 = time.perf_counter()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     src_cfg, sc, task, score = cfg.source, cfg.scenario, cfg.task, cfg.score
     if src_cfg.family not in TEXTURE_FAMILIES:
         raise ValueError(f"source.family must be one of {sorted(TEXTURE_FAMILIES)}, got {src_cfg.family!r}.")
@@ -75,7 +72,7 @@ def run(cfg: DictConfig) -> dict | None:
     for cond in conditions:
         tx.check_scoreable(probe_net, layers, cond.score, f"target {cond.name!r}",
                            positions_per_image=score.positions_per_image, min_points=score.min_points)  # fmt: skip
-    mark_started(out_dir, cfg)
+    staging = mark_started(out_dir, cfg)  # results are written here, published by mark_done
     log.info("scenario %s: %d condition(s): %s", sc.name, len(conditions), [c.name for c in conditions])
     model, net_info = obtain_network(
         "small_cnn",
@@ -103,7 +100,7 @@ def run(cfg: DictConfig) -> dict | None:
         seed=cfg.seed,
         cache_dir=cfg.cache_dir,
         device=cfg.device,
-        posterior_dir=out_dir / "posterior",
+        posterior_dir=staging / "posterior",
         posterior_draws=score.posterior_draws,
         progress=cfg.progress,
     )
@@ -118,7 +115,7 @@ def run(cfg: DictConfig) -> dict | None:
         "source network cached": bool(net_info.get("loaded_from_cache", False)),
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
-    verdict = report.write_report(out_dir, table, corr, info)
+    verdict = report.write_report(staging, table, corr, info)
     metrics = {
         **info,
         "layer_names": layers,
@@ -132,15 +129,16 @@ def run(cfg: DictConfig) -> dict | None:
         "correlations": corr.to_dict(orient="records"),
         "config": OmegaConf.to_container(cfg),
     }
-    atomic_write_json(out_dir / "metrics.json", metrics)
+    atomic_write_json(staging / "metrics.json", metrics)
     mark_done(out_dir, cfg, {"conditions": info["conditions"]})
     log.info("results in %s (%.0f s): %s", out_dir, info["wall_seconds"], verdict)
     return metrics
 
 
+@guard_argv
 @hydra.main(version_base="1.3", config_path="../conf", config_name="transfer")
 def main(cfg: DictConfig) -> None:
-    with user_errors(output_dir()):
+    with job(cfg):  # one line per user error, schema check, threads, run-directory lock
         run(cfg)
 
 

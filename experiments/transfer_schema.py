@@ -87,7 +87,8 @@ class TransferConf:
     score: ScoreConf = field(default_factory=ScoreConf)
     seed: int = 0
     device: str = "cpu"
-    threads: int | None = 1  # torch CPU threads (small nets and fits: 1 is fastest); null = default
+    # torch CPU threads (small nets and fits: 1 is fastest); null = this process's share of the cores
+    threads: int | None = 1
     cache_dir: str | None = None  # trained networks; null = $DPMODELS_CACHE or ~/.cache/dpmodels
     progress: bool = True
     overwrite: bool = False

@@ -3,7 +3,10 @@ see exactly what the job wrote.
 
 A run directory holds ``metrics.json``, ``summary.md``, ``images.npz`` (the analysed images, uint8,
 with masks when known), ``maps/<layer>.npz`` (each layer's maps at map resolution with its
-geometry), ``posterior/<layer>.nc`` (ArviZ InferenceData) and ``figures/*.png``.
+geometry), ``posterior/<layer>.nc`` (ArviZ InferenceData) and ``figures/*.png``, and, written
+last, ``run_complete.json``: the run's config, overrides and a manifest of every file (size and
+SHA-256). :class:`RunOutputs` opens only a directory whose files agree with its manifest, so a run
+that was interrupted, or is being replaced, is never read as finished.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 
 from ..activations.types import LayerGeometry
 from ..data.images import ImageSet
-from ..io import atomic_path
+from ..io import MANIFEST, atomic_path, manifest_problems
 from ..maps import LayerMaps
 
 __all__ = ["RunOutputs", "latest_run", "layer_file", "load_layer_maps", "save_images", "save_layer_maps"]
@@ -68,16 +71,55 @@ def save_images(run_dir: str | Path, images: ImageSet) -> Path:
 
 
 class RunOutputs:
-    """Read access to one analysis run directory."""
+    """Read access to one finished analysis run directory.
+
+    Refuses (``FileNotFoundError``) a directory without the manifest ``run_complete.json`` (an
+    unfinished, interrupted or half-replaced run) and (``ValueError``) one whose files disagree
+    with it (missing files, other sizes, or a ``metrics.json`` of another run). ``config``,
+    ``overrides`` and ``config_hash`` are the run's own record, not Hydra's ``.hydra/`` files."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
-        if not (self.run_dir / "metrics.json").is_file():
+        manifest_file = self.run_dir / MANIFEST
+        if not manifest_file.is_file() or "files" not in (record := json.loads(manifest_file.read_text())):
+            what = "an unfinished or interrupted run" if self.run_dir.is_dir() else "no run"
             raise FileNotFoundError(
-                f"{self.run_dir} holds no metrics.json: not a finished analysis run. Run "
-                "`python -m experiments.analyze` and point to its output directory."
+                f"{self.run_dir} holds {what}: no {MANIFEST} listing its files (a run writes it last). "
+                "Rerun the command that made it (it resumes), or point to a finished run of "
+                "`python -m experiments.analyze`."
             )
+        problems = manifest_problems(self.run_dir, record["files"])
+        if not problems and "metrics.json" in record["files"]:
+            problems = manifest_problems(
+                self.run_dir, {"metrics.json": record["files"]["metrics.json"]}, full=True
+            )
+        if problems:
+            raise ValueError(
+                f"{self.run_dir}: the files disagree with {MANIFEST} ({'; '.join(problems[:5])}); the "
+                "directory mixes runs or was changed after the run. Rerun the command with overwrite=true."
+            )
+        self.record = record
         self.metrics = json.loads((self.run_dir / "metrics.json").read_text())
+
+    @property
+    def config(self) -> dict:
+        """The run's resolved configuration, as the run recorded it."""
+        return self.record.get("config", {})
+
+    @property
+    def overrides(self) -> list[str]:
+        """The command-line overrides of the run."""
+        return list(self.record.get("overrides", []))
+
+    @property
+    def config_hash(self) -> str | None:
+        return self.record.get("config_hash")
+
+    def verify(self) -> None:
+        """Check every file's SHA-256 against the manifest (``ValueError`` naming the differences)."""
+        problems = manifest_problems(self.run_dir, self.record["files"], full=True)
+        if problems:
+            raise ValueError(f"{self.run_dir}: {'; '.join(problems[:10])}.")
 
     @property
     def layers(self) -> list[str]:
@@ -110,13 +152,17 @@ class RunOutputs:
 
 
 def latest_run(root: str | Path = "outputs/analyze") -> Path:
-    """The newest run directory under ``root`` that holds ``metrics.json``; a relative ``root`` is
-    looked up from the working directory and its parents (so notebooks find the project's runs)."""
+    """The newest finished run directory under ``root`` (one holding ``metrics.json`` and its
+    manifest); a relative ``root`` is looked up from the working directory and its parents (so
+    notebooks find the project's runs)."""
     root = Path(root)
     bases = [root] if root.is_absolute() else [d / root for d in (Path.cwd(), *Path.cwd().parents)]
     runs = []
     for base in bases:
-        runs = sorted(base.glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
+        runs = sorted(
+            (p for p in base.glob(f"*/{MANIFEST}") if (p.parent / "metrics.json").is_file()),
+            key=lambda p: p.stat().st_mtime,
+        )
         if runs:
             break
     if not runs:

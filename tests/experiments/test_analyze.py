@@ -201,7 +201,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
-    while time.time() < deadline and not list((killed / "checkpoints").glob("*.ckpt")):
+    while time.time() < deadline and not list((killed / ".staging" / "checkpoints").glob("*.ckpt")):
         if proc.poll() is not None:
             pytest.fail("the run ended before writing a fit checkpoint; make the fit longer")
         time.sleep(0.05)

@@ -20,6 +20,7 @@ from dpmodels.activations import extract, load_store
 from dpmodels.analysis.outputs import RunOutputs, load_layer_maps
 from dpmodels.infer import FitCheckpointError
 from dpmodels.infer.checkpoint import FORMAT
+from dpmodels.io import MANIFEST, file_manifest
 from dpmodels.nets import CheckpointError, load_checkpoint
 
 
@@ -95,6 +96,7 @@ def test_run_outputs_refuse_a_pickle(tmp_path, marker):
     meta = json.dumps({"names": ["a"], "mask_names": None, "name": "x"})
     np.savez(tmp_path / "images.npz", meta=np.array(meta), images=np.array([_Payload(marker)], dtype=object))
     (tmp_path / "metrics.json").write_text(json.dumps({"layers": {}}))
+    (tmp_path / MANIFEST).write_text(json.dumps({"files": file_manifest(tmp_path)}))  # a finished run
     with pytest.raises(ValueError, match="allow_pickle"):
         RunOutputs(tmp_path).images()
     assert not marker.exists()
