@@ -61,6 +61,7 @@ __all__ = [
     "ROW_FIELDS",
     "BenchmarkCase",
     "BenchmarkSettings",
+    "WidthSettings",
     "Problem",
     "environment",
     "format_table",
@@ -141,6 +142,31 @@ class ExtractionSettings:
 
 
 @dataclass
+class WidthSettings:
+    """The width benchmark (``experiments/bench/width.py``): planted clusters at every width in
+    ``dims`` and covariance type in ``covariances`` (``diag``, ``full``), on Gaussian clusters and
+    on ReLU-clipped ones (``data``), dpmodels against scikit-learn's ``BayesianGaussianMixture``
+    (capped at ``sklearn_cap_s`` seconds of wall time, reported as ``> cap``). ``n_points`` training
+    points (``full_n_points`` overrides it per width for full covariance, keys are widths), a
+    held-out set of ``heldout_points``, ``n_clusters`` planted and ``truncation`` fitted
+    components. ``quick``: a seconds-long version (small widths and sizes) for tests."""
+
+    enabled: bool = False
+    quick: bool = False
+    dims: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    covariances: list[str] = field(default_factory=lambda: ["diag", "full"])
+    data: list[str] = field(default_factory=lambda: ["gaussian", "relu"])
+    n_points: int = 50_000
+    full_n_points: dict[str, int] = field(default_factory=lambda: {"64": 20_000})
+    heldout_points: int = 10_000
+    n_clusters: int = 10
+    truncation: int = 50
+    sklearn: bool = True
+    sklearn_cap_s: float = 600.0
+    seed: int = 0
+
+
+@dataclass
 class BenchmarkSettings:
     """Run-wide settings: torch ``device`` (``"cpu"`` or ``"cuda"``), ``threads`` for torch and the
     BLAS under scikit-learn (``None``: leave as is), held-out set size, a tiny warm-up fit before
@@ -154,6 +180,7 @@ class BenchmarkSettings:
     fail_fast: bool = False
     cases: list[BenchmarkCase] = field(default_factory=list)
     extraction: ExtractionSettings = field(default_factory=lambda: ExtractionSettings())
+    width: WidthSettings = field(default_factory=lambda: WidthSettings())
 
 
 @dataclass

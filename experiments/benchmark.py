@@ -2,6 +2,7 @@
 
     python -m experiments.benchmark                   # quick cases
     python -m experiments.benchmark preset=full_cov   # one of the presets in conf/preset/
+    python -m experiments.benchmark preset=width      # D = 32..512 against scikit-learn (experiments/bench/width.py)
     python -m experiments.benchmark device=cuda 'cases=[{name:big,n_points:200000,methods:[natural]}]'
 
 Prints a table and writes ``benchmark.csv`` and ``benchmark.json`` into the Hydra run directory.
@@ -34,7 +35,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> list[dict]:
     settings = OmegaConf.to_object(cfg)
     if not isinstance(settings, BenchmarkSettings):
         raise TypeError(f"expected a config built on benchmark_schema, got {type(settings).__name__}.")
-    if not settings.cases and not settings.extraction.enabled:
+    if not settings.cases and not settings.extraction.enabled and not settings.width.enabled:
         raise ValueError("no cases to run; choose a preset (preset=quick) or pass cases=[{name:...}].")
     if settings.extraction.enabled:
         extraction_rows = bench_extraction.run(
@@ -46,6 +47,12 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> list[dict]:
         atomic_write_json(Path(output_dir) / "extraction.json", {"rows": extraction_rows})
         if not settings.cases:
             return extraction_rows
+    if settings.width.enabled:
+        from experiments.bench import width
+
+        width_rows = width.run(settings, output_dir)
+        if not settings.cases:
+            return width_rows
     rows = run_benchmark(settings)
     print(format_table(rows))
     csv_path, json_path = write_results(rows, output_dir, settings)

@@ -27,7 +27,14 @@ from .phases import Tracker, full_batch_phase, minibatch_phase
 from .result import ConvergenceWarning, FitResult, auto_chunk_size
 from .updates import m_step
 
-__all__ = ["NaturalOptions", "fit_natural", "centred_base", "initial_params"]
+__all__ = [
+    "NaturalOptions",
+    "fit_natural",
+    "centred_base",
+    "initial_params",
+    "check_full_covariance_fits",
+    "full_covariance_bytes",
+]
 
 
 @dataclass
@@ -56,6 +63,45 @@ class NaturalOptions:
     max_merge_rounds: int = 50
     merge_every: int = 2
     progress: bool = True
+
+
+# Bytes per element of (B, K, D, D) that a full-covariance fit holds at its peak, counted from the
+# engine: about ten float64 copies of the components (running and chunk statistics, Psi, Cholesky
+# factors, the sorted alternative, the quadratic plan) plus four of the 3 K merge candidates.
+FULL_BYTES_PER_ELEMENT = 8 * (10 + 4 * 3)
+
+
+def full_covariance_bytes(batch: int, truncation: int, num_features: int) -> int:
+    """Estimated peak bytes of a full-covariance fit's ``(B, K, D, D)`` state."""
+    return FULL_BYTES_PER_ELEMENT * batch * truncation * num_features**2
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (CUDA: free device memory; CPU: ``MemAvailable``), or ``None``."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_full_covariance_fits(spec: ModelSpec, batch: int, num_features: int, device: torch.device) -> None:
+    """One clear error, before any work, when full covariances at this width cannot fit in memory."""
+    if spec.covariance != "full":
+        return
+    need, free = full_covariance_bytes(batch, spec.truncation, num_features), available_bytes(device)
+    if free is not None and need > free:
+        raise ValueError(
+            f"full covariance at D={num_features} with truncation K={spec.truncation} and B={batch} fits "
+            f"needs about {need / 2**30:.1f} GiB for its (B, K, D, D) state, but only {free / 2**30:.1f} GiB "
+            f"is free on {device}; use covariance='diag', lower the truncation, or project to fewer "
+            "dimensions first (PCA: layers.pca_dim, dpmodels.activations)."
+        )
 
 
 def centred_base(spec: ModelSpec):
@@ -116,6 +162,7 @@ def fit_natural(
     dtype = data.dtype if data.dtype in (torch.float32, torch.float64) else torch.float32
     B, N, D = data.shape
     K = spec.truncation
+    check_full_covariance_fits(spec, B, D, device)
     # per-point width of the chunk's temporaries: (B, n, K) responsibilities and (B, n, D) points; the
     # quadratic forms and scatters block their own wider temporaries (dpmodels.models.quadratic)
     width = max(K, D)

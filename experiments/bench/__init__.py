@@ -1,0 +1,1 @@
+"""Benchmark harnesses run by ``python -m experiments.benchmark`` (outside the library)."""
