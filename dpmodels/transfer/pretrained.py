@@ -190,7 +190,8 @@ def instrument_check(summary: pd.DataFrame, factor: float = 3.0, min_targets: in
     for name, frame in summary.groupby("target", sort=False):
         spread = float(frame["accuracy"].max() - frame["accuracy"].min())
         sd = float(frame["accuracy_sd"].mean())
-        per[name] = {"range": spread, "seed_sd": sd, "ratio": spread / sd if sd > 0 else float("inf")}
+        ratio = spread / sd if sd > 0 else (float("inf") if spread > 0 else 0.0)  # 0/0: a saturated target
+        per[name] = {"range": spread, "seed_sd": sd, "ratio": ratio, "saturated": bool(spread == 0 and sd == 0)}
     passed = sum(v["ratio"] > factor for v in per.values()) >= min_targets
     return {"targets": per, "factor": factor, "passed": bool(passed)}
 

@@ -55,6 +55,9 @@ def test_instrument_check_compares_the_layer_range_with_the_seed_sd():
         pt.summarise_transfer(pd.DataFrame([r for r in rows if r["target"] != "steeper"]))
     )
     assert not only_one["passed"]
+    saturated = pd.DataFrame([{**r, "accuracy": 1.0} for r in rows if r["target"] != "flat"])
+    check = pt.instrument_check(pt.summarise_transfer(saturated))  # every layer at ceiling, no spread
+    assert not check["passed"] and check["targets"]["steep"]["saturated"]
 
 
 def test_correlations_use_every_pair_and_flag_undefined_predictors():
