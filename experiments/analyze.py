@@ -11,6 +11,7 @@ maps/<layer>.npz and posterior/<layer>.nc into the Hydra run directory.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import hydra
 import matplotlib
@@ -43,24 +44,44 @@ def run(cfg: DictConfig) -> dict | None:
     net = OmegaConf.to_container(cfg.net, resolve=True)
     check_layers(net["name"], cfg.layers.names, in_channels=images.channels, widths=net["widths"])
     staging = mark_started(out_dir, cfg)  # results are written here, published by mark_done
+    name = net.pop("name")
     model, net_info = obtain_network(
-        net.pop("name"),
+        name,
         in_channels=images.channels,
         cache_dir=cfg.cache_dir,
         device=cfg.device,
         progress=cfg.infer.progress,
         **net,
     )
+    metrics = _analyze(cfg, images, model, staging, net_info)
+    if cfg.control:  # the same architecture with random weights: what learning adds
+        net.update(weights=None, train=False)
+        control, control_info = obtain_network(
+            name, in_channels=images.channels, cache_dir=cfg.cache_dir, device=cfg.device, **net
+        )
+        log.info("control: %s with random weights, into control/", name)
+        control_metrics = _analyze(cfg, images, control, staging / "control", control_info)
+        if cfg.viz.enabled:
+            paper_figure(
+                staging, images, {"trained": metrics, "random weights": control_metrics}, cfg.viz.dpi
+            )
+    mark_done(out_dir, cfg, {"layers": list(metrics["layers"])})
+    log.info("results in %s (summary.md, metrics.json, figures/)", out_dir)
+    return metrics
+
+
+def _analyze(cfg: DictConfig, images, model, out_dir: Path, net_info: dict) -> dict:
     layers = OmegaConf.to_container(cfg.layers, resolve=True)
-    metrics = analyze(
+    return analyze(
         images,
         model,
-        staging,
+        out_dir,
         layers=layers.pop("names"),
         extraction=layers,
         fitting={"fit_points": cfg.infer.fit_points, "heldout_points": cfg.infer.heldout_points},
-        dpgmm=fit_kwargs,
+        dpgmm=dpgmm_kwargs(cfg.prior, cfg.infer),
         num_draws=cfg.infer.num_draws,
+        map_draws=cfg.infer.map_draws,
         figures=OmegaConf.to_container(cfg.viz),
         baselines=cfg.evaluate.baselines,
         k_max=cfg.evaluate.k_max,
@@ -69,9 +90,22 @@ def run(cfg: DictConfig) -> dict | None:
         device=cfg.device,
         progress=cfg.infer.progress,
     )
-    mark_done(out_dir, cfg, {"layers": list(metrics["layers"])})
-    log.info("results in %s (summary.md, metrics.json, figures/)", out_dir)
-    return metrics
+
+
+def paper_figure(run_dir: Path, images, networks: dict[str, dict], dpi: int = 110) -> Path:
+    """``figures/seed_paper.png``: image 0, then each layer's cluster map and entropy map, one pair
+    of rows per network (``{label: metrics}``, the network's results in ``run_dir`` or a subfolder)."""
+    from dpmodels.analysis.outputs import layer_file, load_layer_maps
+    from dpmodels.viz import plot_paper_figure, save_figure
+
+    rows, intervals = {}, {}
+    for (label, metrics), sub in zip(networks.items(), ("", "control"), strict=False):
+        rows[label] = [
+            load_layer_maps(run_dir / sub / "maps" / f"{layer_file(k)}.npz") for k in metrics["layers"]
+        ]
+        intervals[label] = {k: tuple(v["n_active_interval"]) for k, v in metrics["layers"].items()}
+    fig = plot_paper_figure(images.images[0], rows, 0, k_intervals=intervals)
+    return save_figure(fig, run_dir / "figures" / "seed_paper.png", dpi=dpi)
 
 
 @guard_argv

