@@ -1,0 +1,90 @@
+"""A layer's maps at the concept level, and ``at_level`` to pick either level of a layer's maps.
+
+Concept responsibilities are the summed responsibilities of a concept's components (renormalised
+over the hierarchy's components), so the concept map's label is their argmax, its confidence their
+maximum and its entropy their entropy (nats). Novelty does not depend on the grouping and is
+copied; the epistemic/aleatoric split is only computed for components (``NaN`` at concept level).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..activations.types import LayerActivations
+from ..maps.layer_maps import LayerMaps, resolve_posterior
+from .selection import ConceptSelection
+
+__all__ = ["LEVELS", "at_level", "concept_layer_maps", "concept_point_values"]
+
+LEVELS = ("components", "concepts")
+
+
+def concept_point_values(posterior, points, selection: ConceptSelection, chunk_size: int = 8192) -> dict:
+    """``labels`` (int64), ``confidence`` and ``entropy`` (float64) ``(N,)`` of every point at the
+    concept level. ``posterior``: ``B = 1`` ``MixturePosterior``; ``points``: ``(N, D)`` tensor,
+    array or memmap."""
+    h, k = selection.hierarchy, selection.k
+    member = torch.as_tensor(h.membership(k))  # (K̂, k)
+    comps = torch.as_tensor(h.components, dtype=torch.long)
+    out = {"labels": [], "confidence": [], "entropy": []}
+    N = int(points.shape[0])
+    for start in range(0, N, chunk_size):
+        chunk = points[start : start + chunk_size]
+        x = torch.as_tensor(np.ascontiguousarray(chunk), dtype=posterior.params.mean.dtype)
+        r = posterior.responsibilities(x)[0][:, comps].double().cpu()  # (n, K̂)
+        r = r / r.sum(1, keepdim=True).clamp_min(1e-300)
+        rc = r @ member  # (n, k)
+        conf, lab = rc.max(1)
+        out["labels"].append(lab)
+        out["confidence"].append(conf)
+        out["entropy"].append(-torch.where(rc > 0, rc * torch.log(rc), torch.zeros_like(rc)).sum(1))
+    return {key: torch.cat(v) for key, v in out.items()}
+
+
+def concept_layer_maps(
+    posterior, acts: LayerActivations, selection: ConceptSelection, component_maps: LayerMaps
+) -> LayerMaps:
+    """The layer's maps at the concept level (same geometry and images as ``component_maps``);
+    ``meta["level"] = "concepts"``, ``meta["component_to_concept"]`` maps canonical components."""
+    post = resolve_posterior(posterior, acts)
+    points = acts.points
+    if isinstance(points, str) or hasattr(points, "__fspath__"):
+        points = np.load(points, mmap_mode="r")
+    vals = concept_point_values(post, points, selection)
+    maps = {key: acts.to_maps(v) for key, v in vals.items()}  # each (I, H_l, W_l); labels -1 off-grid
+    h, k = selection.hierarchy, selection.k
+    weights = torch.as_tensor(h.weights @ h.membership(k))  # (k,)
+    nan = torch.full_like(component_maps.entropy, float("nan"))
+    return LayerMaps(
+        name=component_maps.name,
+        geometry=component_maps.geometry,
+        labels=maps["labels"],
+        confidence=maps["confidence"],
+        entropy=maps["entropy"],
+        epistemic=nan,
+        aleatoric=nan.clone(),
+        novelty=component_maps.novelty,
+        weights=weights,
+        active=torch.ones(k, dtype=torch.bool),
+        image_names=list(component_maps.image_names),
+        meta={
+            **component_maps.meta,
+            "level": "concepts",
+            "criterion": h.criterion,
+            "component_to_concept": h.component_to_concept(k, int(component_maps.weights.shape[0])).tolist(),
+        },
+    )
+
+
+def at_level(
+    component_maps: LayerMaps, concept_maps: LayerMaps | None, level: str = "components"
+) -> LayerMaps:
+    """The maps to draw or score at ``level`` (``"components"`` or ``"concepts"``)."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}.")
+    if level == "components":
+        return component_maps
+    if concept_maps is None:
+        raise ValueError("level='concepts' needs the layer's concept maps (concept_layer_maps).")
+    return concept_maps
