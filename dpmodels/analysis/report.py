@@ -25,6 +25,18 @@ _COLUMNS = [
     ("nmi", "NMI", "{:.3f}"),
     ("miou", "mIoU", "{:.3f}"),
     ("entropy_auroc", "entropy AUROC", "{:.3f}"),
+    ("ece", "ECE", "{:.3f}"),
+    ("entropy_auroc_majority", "AUROC maj.", "{:.3f}"),
+    ("ece_majority", "ECE maj.", "{:.3f}"),
+    ("concepts.k", "concepts", "{}"),
+    ("concepts.k_interval", "concepts 90%", "[{0[0]:.0f}, {0[1]:.0f}]"),
+    ("concepts.nmi", "concept NMI", "{:.3f}"),
+    ("concepts.ari", "concept ARI", "{:.3f}"),
+    ("concepts.miou", "concept mIoU", "{:.3f}"),
+    ("concepts.entropy_auroc", "concept AUROC", "{:.3f}"),
+    ("concepts.ece", "concept ECE", "{:.3f}"),
+    ("concepts.entropy_auroc_majority", "concept AUROC maj.", "{:.3f}"),
+    ("concepts.ece_majority", "concept ECE maj.", "{:.3f}"),
     ("fit_seconds", "fit s", "{:.1f}"),
 ]
 
@@ -66,6 +78,13 @@ def write_figures(
     return written
 
 
+def _get(row: dict, key: str):
+    """``row[key]``, or a nested value for a dotted key (``"concepts.nmi"``); ``None`` if absent."""
+    for part in key.split("."):
+        row = row.get(part) if isinstance(row, dict) else None
+    return row
+
+
 def _cell(value, fmt: str) -> str:
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "–"
@@ -75,7 +94,7 @@ def _cell(value, fmt: str) -> str:
 def write_summary(out_dir: Path, metrics: dict, eval_rows: list[dict] | None = None) -> Path:
     """``summary.md``: what was analysed, the per-layer table, the figures."""
     data, net, layers = metrics["data"], metrics["network"], metrics["layers"]
-    cols = [c for c in _COLUMNS if any(c[0] in row for row in layers.values())]
+    cols = [c for c in _COLUMNS if any(_get(row, c[0]) is not None for row in layers.values())]
     lines = [
         "# dpmodels analysis",
         "",
@@ -93,11 +112,14 @@ def write_summary(out_dir: Path, metrics: dict, eval_rows: list[dict] | None = N
         "|---|" + "---|" * len(cols),
     ]
     for name, row in layers.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(row.get(k), fmt) for k, _, fmt in cols) + " |")
+        lines.append(f"| {name} | " + " | ".join(_cell(_get(row, k), fmt) for k, _, fmt in cols) + " |")
     lines += [
         "",
         "K̂: clusters explaining more than 1% of the positions; ARI/NMI/mIoU against the masks at "
-        "input resolution.",
+        "input resolution. Concepts: components merged by `dpmodels.concepts` (number of concepts at "
+        "the elbow of the entropy curve, 90% interval over posterior draws). AUROC/ECE: entropy AUROC "
+        "and calibration error, one-to-one matching (maj.: each cluster matched to its majority "
+        "region).",
         "",
     ]
     if eval_rows:

@@ -86,6 +86,7 @@ def analyze(
     figures: dict | None = None,
     baselines: bool = False,
     k_max: int = 12,
+    concepts: dict | None = None,
     network: dict | None = None,
     seed: int = 0,
     device: str = "cpu",
@@ -99,7 +100,9 @@ def analyze(
     :class:`dpmodels.DPGMM`; ``num_draws``: posterior draws for InferenceData and K̂'s interval;
     ``map_draws``: posterior draws for the epistemic/aleatoric maps (their cost is linear in it, over
     every position of every image); ``figures``: ``enabled``, ``num_images``, ``prototypes``, ``dpi``;
-    ``network``: what the model is (recorded in the metrics)."""
+    ``network``: what the model is (recorded in the metrics); ``concepts``: keyword arguments of
+    :func:`dpmodels.concepts.layer.layer_concepts` (``criteria``, ``num_draws``, ``draw_points``) or
+    ``{"enabled": False}``: each layer's components merged into concepts, scored at both levels."""
     from ..diagnostics import save_inference_data, to_inference_data  # ArviZ only when needed
 
     out_dir = Path(out_dir)
@@ -140,6 +143,8 @@ def analyze(
 
     t0 = time.perf_counter()
     all_maps, layer_rows, k_draws, eval_rows = {}, {}, {}, []
+    concept_cfg = dict(concepts or {})
+    concepts_on, concept_maps, concept_sel = concept_cfg.pop("enabled", True), {}, {}
     for name, fit in fits.items():
         maps = layer_maps(fit.model, acts[name], num_draws=map_draws, seed=seed, progress=progress)
         all_maps[name] = maps
@@ -160,12 +165,27 @@ def analyze(
                     raw_points=_raw_points(model, images, name, acts, device, seed),
                 )
         layer_rows[name] = _layer_metrics(fit, maps, evaluation, k_draws[name])
+        if concepts_on:  # components -> concepts (dpmodels.concepts), scored like the components
+            from ..concepts.layer import layer_concepts
+
+            layer_rows[name]["concepts"], concept_maps[name], concept_sel[name] = layer_concepts(
+                fit.model,
+                acts[name],
+                maps,
+                read_points(acts[name], fit.fit_index),
+                images.masks,
+                seed=seed,
+                **concept_cfg,
+            )
         idata = to_inference_data(
             fit.model, read_points(acts[name], fit.fit_index).numpy(), num_draws=num_draws, seed=seed
         )
         (out_dir / "posterior").mkdir(parents=True, exist_ok=True)
         save_inference_data(idata, out_dir / "posterior" / f"{layer_file(name)}.nc")
     timings["maps_seconds"] = time.perf_counter() - t0
+    timings["concepts_seconds"] = sum(
+        r["concepts"]["seconds"] for r in layer_rows.values() if "concepts" in r
+    )
 
     metrics = {
         "layers": layer_rows,
@@ -190,6 +210,12 @@ def analyze(
     t0 = time.perf_counter()
     if fig_cfg.pop("enabled", True):
         write_figures(out_dir, images, all_maps, k_draws, _true_k(images), **fig_cfg)
+        if concept_maps:
+            from ..viz.concepts import write_concept_figures
+
+            t1 = time.perf_counter()
+            write_concept_figures(out_dir, images, concept_maps, concept_sel, fig_cfg)
+            timings["concept_figure_seconds"] = time.perf_counter() - t1
     timings["figure_seconds"] = time.perf_counter() - t0
     atomic_write_json(out_dir / "metrics.json", metrics)
     write_summary(out_dir, metrics, eval_rows)

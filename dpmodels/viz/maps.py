@@ -85,14 +85,15 @@ def _draw_row(axes, image, maps: LayerMaps, index: int, kinds, alpha: float, fig
             ax.imshow(rgb)
             ax.imshow(label_overlay(lab, K), alpha=alpha)
             present = [int(k) for k in np.unique(lab) if k >= 0]  # canonical order = by weight
+            unit = "concept" if maps.meta.get("level") == "concepts" else "cluster"  # dpmodels.concepts
             handles = [
-                Patch(color=cluster_colours(K)[k], label=f"cluster {k} (w={float(maps.weights[k]):.2f})")
+                Patch(color=cluster_colours(K)[k], label=f"{unit} {k} (w={float(maps.weights[k]):.2f})")
                 for k in present[:MAX_LEGEND]
             ]
             if len(present) > MAX_LEGEND:  # keep the layout readable: the lightest clusters are summarised
                 handles.append(Patch(color="white", label=f"+{len(present) - MAX_LEGEND} smaller clusters"))
             ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-            ax.set_title(f"{maps.name}: clusters")
+            ax.set_title(f"{maps.name}: {unit}s")
         else:
             v = maps.at_input(kind)[index].numpy()
             im = ax.imshow(v, cmap=CMAPS.get(kind, "viridis"))
