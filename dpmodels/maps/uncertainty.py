@@ -148,8 +148,9 @@ def point_uncertainty(
     """Labels, confidence, entropy, epistemic/aleatoric split and novelty of every point.
 
     ``posterior``: a ``MixturePosterior`` with ``B = 1``. ``points``: ``(N, D)`` tensor, array or
-    memmap, read ``chunk_size`` rows at a time (default: sized so the ``(n, S, K)`` float64
-    temporaries stay near 16 MiB). Returns CPU tensors ``(N,)``: ``labels`` int64, the rest float64.
+    memmap, read ``chunk_size`` rows at a time (default: sized so that the ``(n, S, K)`` float64
+    log joints and the ``(n, D (D + 1) / 2)`` quadratic features each stay near 16 MiB, which bounds
+    memory at any width). Returns CPU tensors ``(N,)``: ``labels`` int64, the rest float64.
     """
     if posterior.batch_size != 1:
         raise ValueError(
@@ -161,7 +162,10 @@ def point_uncertainty(
     N, D = int(points.shape[0]), int(points.shape[1])
     K = posterior.truncation
     if chunk_size is None:
-        chunk_size = max(256, 2**21 // (K * num_draws))
+        full = posterior.covariance_type == "full"
+        F = D * (D + 1) // 2 + D + 1 if full else 2 * D + 1  # quadratic features per point
+        # (n, S, K) log joints and (n, F) features each near 16 MiB in float64
+        chunk_size = max(16, min(2**21 // (K * num_draws), 2**21 // F))
     device = posterior.params.mean.device
     terms = _draw_terms(posterior, num_draws, seed)
     full = posterior.covariance_type == "full"
