@@ -103,3 +103,17 @@ def test_bad_input_names_the_setting():
     fit = DPGMM(truncation=10, seed=0).fit(x)
     with pytest.raises(ValueError, match="num_concepts"):
         select_concepts(fit.posterior_, x, num_concepts=int(fit.n_active_) + 1, num_draws=2)
+
+
+def test_level_and_criteria_settings_are_checked():
+    from dpmodels.concepts import at_level
+    from dpmodels.concepts.layer import layer_concepts
+
+    sentinel = object()
+    assert at_level(sentinel, None, "components") is sentinel
+    with pytest.raises(ValueError, match="level"):
+        at_level(sentinel, None, "regions")
+    with pytest.raises(ValueError, match="concept maps"):
+        at_level(sentinel, None, "concepts")
+    with pytest.raises(ValueError, match="criteria"):
+        layer_concepts(None, None, None, None, criteria=("ward",))
