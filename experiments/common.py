@@ -283,11 +283,14 @@ def parallel_jobs(cores: int | None = None) -> int:
 
 
 def auto_threads() -> tuple[int, str]:
-    """The process's share of the cores, and how it was reached."""
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
-        return int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
+    """The process's share of the cores, and how it was reached: under the joblib launcher the
+    cores over its ``n_jobs`` (its workers' ``OMP_NUM_THREADS`` is joblib's, not the user's), else
+    ``OMP_NUM_THREADS`` when set, else all the cores the process may use."""
     cores = available_cores()
     jobs = parallel_jobs(cores)
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if jobs == 1 and omp.isdigit() and int(omp) > 0:
+        return int(omp), "OMP_NUM_THREADS"
     return max(1, cores // jobs), f"{cores} cores / {jobs} parallel job{'s' if jobs > 1 else ''}"
 
 

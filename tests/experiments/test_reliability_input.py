@@ -154,7 +154,11 @@ def test_the_share_of_the_cores_under_the_parallel_launcher(monkeypatch):
     assert common.auto_threads()[0] == 1
     FakeHydra.launcher.n_jobs = 32  # more jobs than cores: one thread each
     assert common.auto_threads()[0] == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what joblib's workers inherit: not the user's choice
+    FakeHydra.launcher.n_jobs = 4
+    assert common.auto_threads() == (4, "16 cores / 4 parallel jobs")
     FakeHydra.mode = RunMode.RUN
-    assert common.auto_threads() == (16, "16 cores / 1 parallel job")
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert common.auto_threads() == (3, "OMP_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert common.auto_threads() == (16, "16 cores / 1 parallel job")
