@@ -107,7 +107,7 @@ class QuadraticPlan:
 
     def _block(self, B: int) -> int:
         D, U = self.num_features, self.factor.shape[1]
-        width = D * D if self.form == "features" else U * D  # temporary values per point
+        width = {"features": D * D, "whitened": U * D}.get(self.form, D + U)  # temporary values per point
         return max(64, BLOCK_ELEMENTS // max(1, B * width))
 
     def expand(self, t: Tensor) -> Tensor:
@@ -149,7 +149,7 @@ def weighted_scatter(r: Tensor, x: Tensor, form: str, block: int = 2048) -> Tens
     B, n, K = r.shape
     D = x.shape[-1]
     out = torch.zeros((B, K, D) if form == "diag" else (B, K, D, D), dtype=torch.float64, device=x.device)
-    width = D * D if form == "features" else K * D  # temporary values per point
+    width = {"features": D * D, "whitened": K * D}.get(form, D + K)  # temporary values per point
     step = max(16, min(block, BLOCK_ELEMENTS // max(1, B * width)))
     for i in range(0, n, step):
         r_b, x_b = r[:, i : i + step], x[:, i : i + step]  # (B, m, K), (B, m, D)
