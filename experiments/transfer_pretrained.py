@@ -169,7 +169,9 @@ def _summary(table: pd.DataFrame, corr: dict, check: dict, verdict: dict, net: s
         "",
         "## Instrument check (range over stages vs seed SD)",
         "",
-        *[f"- {k}: range {v['range']:.3f}, seed SD {v['seed_sd']:.3f}, ratio {v['ratio']:.1f}" for k, v in check["targets"].items()],
+        *[f"- {k}: range {v['range']:.3f}, seed SD {v['seed_sd']:.3f}, "
+          + ("saturated (every stage at the same accuracy in every seed)" if v["saturated"] else
+             f"ratio {v['ratio']:.1f}" if v["ratio"] is not None else "no seed SD") for k, v in check["targets"].items()],
         "",
         "## Table",
         "",
