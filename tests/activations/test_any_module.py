@@ -24,17 +24,17 @@ def _check_default_layers(model: nn.Module, size: int, num_images: int = 2) -> d
     x = torch.rand(num_images, 3, size, size)
     names = conv_layers(model, (3, size, size))
     assert names, "the default selection is empty"
-    infos = {i.name: i for i in list_layers(model, (3, size, size), layers=names)}
     acts = extract(model, x, names, positions_per_image=None, progress=False, batch_size=num_images)
+    assert list(acts) == names
     for name, a in acts.items():
-        C, Hl, Wl = infos[name].shape
+        C, (Hl, Wl) = a.meta["channels"], a.geometry.map_size
         assert a.num_features == C, (name, a.num_features, C)
         assert a.num_points == num_images * Hl * Wl
         fit = DPGMM(truncation=3, covariance="diag", max_iter=5, seed=0).fit(a.points[:400])
         maps = layer_maps(fit, a, num_draws=2, progress=False)
         assert tuple(maps.labels.shape) == (num_images, Hl, Wl)
         assert int(maps.labels.min()) >= 0
-    return infos
+    return acts
 
 
 @pytest.mark.filterwarnings("ignore::dpmodels.ConvergenceWarning")
@@ -55,9 +55,9 @@ def _check_default_layers(model: nn.Module, size: int, num_images: int = 2) -> d
 def test_common_architectures_default_layers_extract_and_map(arch):
     torch.manual_seed(0)
     model = build_net(arch, weights=None)
-    infos = _check_default_layers(model, 64)
+    acts = _check_default_layers(model, 64)
     if arch == "convnext_tiny":  # its blocks compute channel-last (b, H, W, C)
-        assert any(i.layout.kind == "nhwc" for i in infos.values())
+        assert any(a.meta["layout"] == "nhwc" for a in acts.values())
 
 
 @pytest.mark.slow
@@ -67,10 +67,10 @@ def test_common_architectures_default_layers_extract_and_map(arch):
 def test_vision_transformer_tokens_become_patch_grid_maps():
     torch.manual_seed(0)
     model = torchvision.models.vit_b_16(weights=None)
-    infos = _check_default_layers(model, 224, num_images=1)
-    for info in infos.values():
-        assert info.layout.kind == "tokens" and info.layout.prefix == 1  # the class token dropped
-        assert info.shape == (768, 14, 14)
+    acts = _check_default_layers(model, 224, num_images=1)
+    for a in acts.values():
+        assert a.meta["layout"] == "tokens" and a.num_points == 14 * 14  # the class token dropped
+        assert a.num_features == 768 and a.geometry.map_size == (14, 14)
 
 
 def test_token_maps_put_each_patch_at_its_grid_position():
