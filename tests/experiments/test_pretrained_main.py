@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = ["data.num_images=2", "data.size=64", "infer.fit_points=1200", "infer.heldout_points=300",
+SMALL = ["data.num_images=2", "data.size=96", "infer.fit_points=1200", "infer.heldout_points=300",
          "infer.num_draws=8", "infer.map_draws=4", "infer.progress=false", "viz.num_images=1", "viz.prototypes=2"]  # fmt: skip
 
 
@@ -39,7 +39,7 @@ def test_default_main_job_analyses_the_pretrained_stages_and_records_preprocessi
 @pytest.mark.slow
 def test_seed_paper_experiment_writes_trained_and_control_runs_and_the_figure(tmp_path):
     run = tmp_path / "run"
-    _cli(["experiment=seed_paper", "data.size=96", *SMALL[2:], f"hydra.run.dir={run}"], tmp_path)
+    _cli(["experiment=seed_paper", "data.size=128", *SMALL[2:], f"hydra.run.dir={run}"], tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())
     control = json.loads((run / "control" / "metrics.json").read_text())
     assert metrics["network"]["weights"] == "DEFAULT" and control["network"]["weights"].startswith("random")
