@@ -171,13 +171,19 @@ def test_notebooks_execute_against_a_run(tiny_run, name, monkeypatch):
 
 
 def _comparable(metrics: dict) -> dict:
-    """metrics.json without what legitimately differs between two runs (wall times, cache hits)."""
-    out = json.loads(json.dumps(metrics))
+    """metrics.json without what legitimately differs between two runs (wall times at any depth, e.g.
+    a layer's fit_seconds or its concept stage's seconds, and cache hits)."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if not k.endswith("seconds")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    out = strip(json.loads(json.dumps(metrics)))
     out.pop("timings")
-    for row in out["layers"].values():
-        row.pop("fit_seconds")
-    for key in ("loaded_from_cache", "train_seconds"):
-        out["network"].pop(key, None)
+    out["network"].pop("loaded_from_cache", None)
     return out
 
 
