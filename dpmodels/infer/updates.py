@@ -37,6 +37,7 @@ from ..priors import WeightPrior
 __all__ = [
     "Stats",
     "e_step",
+    "stats_from_responsibilities",
     "m_step",
     "component_update",
     "weight_update",
@@ -111,11 +112,17 @@ def e_step(
     """
     plan = plan or quadratic_plan(params)
     log_r = assignment_log_probs(params, x, e_log_pi, plan)  # (B, n, K)
+    return stats_from_responsibilities(log_r, x, plan.form), log_r
+
+
+def stats_from_responsibilities(log_r: Tensor, x: Tensor, form: str) -> Stats:
+    """The :class:`Stats` of a centred chunk ``x (B, n, D)`` under given ``log r (B, n, K)`` (any
+    normalised assignment distribution, e.g. a spatially coupled one); ``form``: the plan's form."""
     r = log_r.exp()
     count, s1 = _blocked_sums(r, x)
-    s2 = weighted_scatter(r, x, plan.form, STATS_BLOCK)  # (B, K, D, D) or (B, K, D)
+    s2 = weighted_scatter(r, x, form, STATS_BLOCK)  # (B, K, D, D) or (B, K, D)
     entropy = -torch.where(r > 0, r * log_r, torch.zeros_like(r)).double().sum((1, 2))  # (B,)
-    return Stats(count, s1, s2, entropy), log_r
+    return Stats(count, s1, s2, entropy)
 
 
 def m_step(

@@ -8,6 +8,7 @@ For each of ``B`` independent fits (the outer ``fits`` plate)::
     mu_k       ~ N(m0, (beta0 Lambda_k)^-1)
     z_n        ~ Categorical(pi)              (enumerated, never sampled while fitting)
     x_n        ~ N(mu_{z_n}, Lambda_{z_n}^-1)
+    [optional] exp(beta * sum_{n~m} [z_n = z_m])   Potts factor over grid neighbours (dpmodels.spatial)
 
 Sites: ``concentration (B, 1)``, ``sticks (B, K-1)`` or ``weights (B, 1 | K)``, ``precision``,
 ``mean (B, K | D)``, ``z (B, N)``, ``x (B, N | D)``. Plates: ``fits`` (dim -2), ``components`` and
@@ -112,20 +113,33 @@ def dpgmm_model(
     spec: ModelSpec,
     subsample_size: int | None = None,
     num_points: int | None = None,
+    coupling: float = 0.0,
+    edges: Tensor | None = None,
 ) -> Tensor:
     """The Pyro model. ``data (B, N, D)``, or ``None`` with ``num_points`` for prior predictive draws.
 
     ``subsample_size`` turns on minibatches: Pyro scales the data terms by ``N / M``.
-    Returns the observed (or sampled) ``x`` of the current (sub)sample.
+    ``edges (E, 2)`` (pairs of neighbouring points on the layer's grid, see
+    :mod:`dpmodels.spatial`) couples the assignments: the joint gains the Potts factor
+    ``exp(coupling * sum_{(n, m) in edges} [z_n = z_m])`` (site ``potts``, unnormalised), and ``z``
+    is then sampled rather than enumerated (score it with ``Trace_ELBO``). ``coupling = 0`` is the
+    mixture exactly. Returns the observed (or sampled) ``x`` of the current (sub)sample.
     """
     B, K = spec.batch_size, spec.truncation
     N = data.shape[1] if data is not None else num_points
     if N is None:
         raise ValueError("dpgmm_model needs data of shape (B, N, D) or num_points for prior draws.")
+    if edges is not None and subsample_size is not None:
+        raise ValueError("coupled assignments (edges) need every point: use subsample_size=None.")
+    z_infer = {"enumerate": "parallel"} if edges is None else {}
     with pyro.plate("fits", B, dim=-2):
         log_pi = _sample_log_weights(spec)  # (B, 1, K)
         precision, mean = _sample_components(spec.base, K)
         with pyro.plate("data", N, subsample_size=subsample_size, dim=-1) as idx:
-            z = pyro.sample("z", dist.Categorical(logits=log_pi), infer={"enumerate": "parallel"})
+            z = pyro.sample("z", dist.Categorical(logits=log_pi), infer=z_infer)  # (B, N)
             obs = None if data is None else data[:, idx]
-            return pyro.sample("x", component_distribution(spec.covariance, mean, precision, z), obs=obs)
+            x = pyro.sample("x", component_distribution(spec.covariance, mean, precision, z), obs=obs)
+        if edges is not None:
+            agree = (z[..., edges[:, 0]] == z[..., edges[:, 1]]).sum(-1, keepdim=True)  # (B, 1)
+            pyro.factor("potts", coupling * agree.to(log_pi.dtype))
+    return x

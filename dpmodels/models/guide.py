@@ -38,8 +38,12 @@ def dpgmm_guide(
     spec: ModelSpec,
     params: VariationalParams,
     subsample_size: int | None = None,
+    log_resp: Tensor | None = None,
 ) -> None:
-    """Pyro guide matching :func:`dpgmm_model` site by site. ``data (B, N, D)``."""
+    """Pyro guide matching :func:`dpgmm_model` site by site. ``data (B, N, D)``.
+
+    ``log_resp (B, N, K)``: a given ``log q(z)`` (e.g. spatially coupled responsibilities); ``z`` is
+    then sampled from it (the coupled model does not enumerate ``z``), components in raw order."""
     B, N, _ = data.shape
     K = spec.truncation
     with pyro.plate("fits", B, dim=-2):
@@ -69,5 +73,8 @@ def dpgmm_guide(
                     "mean", dist.Normal(params.mean, torch.rsqrt(beta.unsqueeze(-1) * precision)).to_event(1)
                 )
         with pyro.plate("data", N, subsample_size=subsample_size, dim=-1) as idx:
+            if log_resp is not None:
+                pyro.sample("z", dist.Categorical(logits=log_resp[:, idx]))
+                return
             log_r = assignment_log_probs(params, data[:, idx])  # (B, M, K)
             pyro.sample("z", dist.Categorical(logits=log_r), infer={"enumerate": "parallel"})
