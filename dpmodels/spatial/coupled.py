@@ -80,7 +80,8 @@ def unary_logits(params: VariationalParams, x: Tensor, chunk: int) -> Tensor:
     e_log_pi = expected_log_weights(params).unsqueeze(1)  # (B, 1, K)
     plan = quadratic_plan(params)
     parts = [
-        e_log_pi + expected_log_likelihood(params, x[:, i : i + chunk], plan) for i in range(0, x.shape[1], chunk)
+        e_log_pi + expected_log_likelihood(params, x[:, i : i + chunk], plan)
+        for i in range(0, x.shape[1], chunk)
     ]
     return torch.cat(parts, 1)
 
@@ -144,7 +145,9 @@ def fit_coupled(
     device = torch.device(device)
     B, N, D = data.shape
     if grid.num_points != N:
-        raise ValueError(f"the grid has {grid.num_points} points but the data have {N}; build it from their index.")
+        raise ValueError(
+            f"the grid has {grid.num_points} points but the data have {N}; build it from their index."
+        )
     t0 = time.perf_counter()
     dtype = data.dtype if data.dtype in (torch.float32, torch.float64) else torch.float32
     chunk = options.chunk_size or auto_chunk_size(B, 1, max(spec.truncation, D))
@@ -156,15 +159,20 @@ def fit_coupled(
     params = start.params.map(lambda t: t.to(device=device, dtype=torch.float64))
     params = replace(params, mean=params.mean - shift.unsqueeze(1))
     log_r, history, elbo, conv, it = None, [], None, torch.zeros(B, dtype=torch.bool), 0
-    with tqdm(total=options.max_iter, desc=f"coupled VI (beta={coupling:g})", disable=not options.progress) as bar:
-        for it in range(1, options.max_iter + 1):
+    with tqdm(
+        total=options.max_iter, desc=f"coupled VI (beta={coupling:g})", disable=not options.progress
+    ) as bar:
+        for step in range(1, options.max_iter + 1):
+            it = step
             params_c = params.map(lambda t: t.to(dtype))
             logits = unary_logits(params_c, x, chunk)  # (B, N, K)
             log_r = torch.log_softmax(logits, -1) if log_r is None else log_r
             log_r = coupled_sweep(logits, log_r, grid, coupling)
             stats = stats_from_responsibilities(log_r, x, quadratic_plan(params_c).form)
             params = m_step(stats, base_c, spec.prior, params)
-            new = elbo_from_stats(stats, params, base_c, spec.prior) + coupling * edge_agreement(log_r, grid.edges)
+            new = elbo_from_stats(stats, params, base_c, spec.prior) + coupling * edge_agreement(
+                log_r, grid.edges
+            )
             history.append((new / N).cpu())
             bar.update(1)
             if elbo is not None:

@@ -33,7 +33,9 @@ class SpatialDPGMM(DPGMM):
     fit's ELBO, total nats). ``elbo_`` is the coupled bound. Only the natural engine.
     """
 
-    def __init__(self, coupling: float = 1.0, coupled_max_iter: int = 100, coupled_tol: float = 1e-5, **kwargs):
+    def __init__(
+        self, coupling: float = 1.0, coupled_max_iter: int = 100, coupled_tol: float = 1e-5, **kwargs
+    ):
         super().__init__(**kwargs)
         self.coupling = check_coupling(coupling)
         if self.engine != "natural":

@@ -53,7 +53,9 @@ def _as_index(index) -> np.ndarray:
         raise ValueError("index must hold integer (image, y, x) coordinates.")
     idx = idx.astype(np.int64)
     if idx.size and idx.min() < 0:
-        raise ValueError(f"index holds negative coordinates (min {int(idx.min())}); expected (image, y, x) >= 0.")
+        raise ValueError(
+            f"index holds negative coordinates (min {int(idx.min())}); expected (image, y, x) >= 0."
+        )
     return idx
 
 
@@ -79,7 +81,9 @@ def grid_from_index(index, num_points: int | None = None) -> Grid:
     order = np.argsort(key, kind="stable")
     sorted_key = key[order]
     if N > 1 and bool((np.diff(sorted_key) == 0).any()):
-        raise ValueError("the grid index holds the same (image, y, x) twice; each point needs its own position.")
+        raise ValueError(
+            "the grid index holds the same (image, y, x) twice; each point needs its own position."
+        )
     steps = np.array([-1, 1, -width, width])  # left, right, up, down
     want = key[:, None] + steps[None, :]  # (N, 4)
     pos = np.clip(np.searchsorted(sorted_key, want), 0, N - 1)

@@ -34,7 +34,7 @@ def regions(seed: int, images: int = 3, size: int = 20, sep: float = 2.5):
     rng = np.random.default_rng(seed)
     yy, xx = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
     labels = []
-    for i in range(images):
+    for _ in range(images):
         cy, cx = rng.integers(size // 3, 2 * size // 3, size=2)
         labels.append((xx >= cx).astype(int) + 2 * (yy >= cy).astype(int))
     labels = np.stack(labels).reshape(-1)
@@ -131,7 +131,9 @@ def test_coupled_bound_never_decreases(cov, prior_name):
     start = fit_natural(data, spec, seed=1, options=NaturalOptions(progress=False))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a short coupled phase may stop before tol
-        res = fit_coupled(data, spec, start, grid_from_index(index), CoupledOptions(0.8, max_iter=40, tol=1e-10))
+        res = fit_coupled(
+            data, spec, start, grid_from_index(index), CoupledOptions(0.8, max_iter=40, tol=1e-10)
+        )
     steps = res.info["coupled_iterations"]
     hist = res.elbo_history[-steps:, 0].numpy()
     assert steps >= 5
@@ -204,7 +206,9 @@ def test_closed_form_coupled_bound_equals_pyro_trace_elbo(cov):
     params = res.params.map(lambda t: t.double())
     params.mean = params.mean - shift.unsqueeze(1)
     stats = stats_from_responsibilities(log_r, data - shift.unsqueeze(1), quadratic_plan(params).form)
-    exact = float(elbo_from_stats(stats, params, base_c, spec.prior)[0] + 0.7 * edge_agreement(log_r, edges)[0])
+    exact = float(
+        elbo_from_stats(stats, params, base_c, spec.prior)[0] + 0.7 * edge_agreement(log_r, edges)[0]
+    )
     assert math.isclose(exact, closed, rel_tol=1e-6, abs_tol=1e-4)
     se = draws.std() / math.sqrt(len(draws))
     assert abs(draws.mean() - exact) < 3 * se + 1e-3, (draws.mean(), exact, se)
