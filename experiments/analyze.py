@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from dpmodels import DPGMM
 from dpmodels.analysis import analyze, obtain_network
 from dpmodels.analysis.network import check_layers
+from dpmodels.spatial import SpatialDPGMM
 
 from .builders import dataset_from_config, dpgmm_kwargs
 from .common import guard_argv, job, mark_done, mark_started, output_dir, should_run
@@ -37,6 +38,8 @@ def run(cfg: DictConfig) -> dict | None:
         return None
     fit_kwargs = dpgmm_kwargs(cfg.prior, cfg.infer)
     DPGMM(**fit_kwargs, device=cfg.device)  # validates the prior/inference settings before any work
+    if cfg.model.coupling != 0:
+        SpatialDPGMM(**fit_kwargs, coupling=cfg.model.coupling, coupled_max_iter=cfg.model.coupled_max_iter)
     images = dataset_from_config(cfg.data)
     log.info(
         "data: %s, %d images %s, masks: %s", images.name, len(images), images.size, images.masks is not None
@@ -80,6 +83,7 @@ def _analyze(cfg: DictConfig, images, model, out_dir: Path, net_info: dict) -> d
         extraction=layers,
         fitting={"fit_points": cfg.infer.fit_points, "heldout_points": cfg.infer.heldout_points},
         dpgmm=dpgmm_kwargs(cfg.prior, cfg.infer),
+        spatial=OmegaConf.to_container(cfg.model) if cfg.model.coupling > 0 else None,
         num_draws=cfg.infer.num_draws,
         map_draws=cfg.infer.map_draws,
         figures=OmegaConf.to_container(cfg.viz),

@@ -113,6 +113,16 @@ class InferConf:
 
 
 @dataclass
+class ModelConf:
+    """The generative model of a layer's positions: the mixture, or its spatially coupled form."""
+
+    # Potts strength beta between 4-neighbours on the layer's grid (nats per agreeing pair);
+    # 0 = the plain mixture; > 0 fits whole images with coupled assignments (dpmodels.spatial)
+    coupling: float = 0.0
+    coupled_max_iter: int = 100  # coordinate-ascent iterations of the coupled phase
+
+
+@dataclass
 class VizConf:
     """Figures written to ``figures/``."""
 
@@ -137,6 +147,7 @@ class AnalyzeConf:
     layers: LayersConf = field(default_factory=LayersConf)
     prior: PriorConf = field(default_factory=PriorConf)
     infer: InferConf = field(default_factory=InferConf)
+    model: ModelConf = field(default_factory=ModelConf)
     viz: VizConf = field(default_factory=VizConf)
     evaluate: EvaluateConf = field(default_factory=EvaluateConf)
     seed: int = 0  # seeds fitting, subsampling and posterior draws
@@ -193,6 +204,7 @@ GROUPS = {
     "layers": LayersConf,
     "prior": PriorConf,
     "infer": InferConf,
+    "model": ModelConf,
     "viz": VizConf,
     "evaluate": EvaluateConf,
 }

@@ -25,7 +25,7 @@ from ..activations.types import LayerActivations
 from ..estimator import DPGMM, fit_batched
 from ..infer.memory import check_memory, estimate_maps_bytes
 
-__all__ = ["LayerFit", "fit_layers", "layer_rng"]
+__all__ = ["LayerFit", "fit_layers", "layer_rng", "split_images", "split_positions"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,30 @@ def split_positions(num_points: int, fit_points: int, heldout_points: int, rng: 
     return np.sort(perm[:n_fit]), np.sort(perm[n_fit : n_fit + n_held])
 
 
+def split_images(index: np.ndarray, fit_points: int, heldout_points: int, rng: np.random.Generator):
+    """Disjoint sorted index sets (fit, held-out) for a spatially coupled fit: the fit set holds
+    whole images (in a seeded order, as many as ``fit_points`` allows, at least one), so that every
+    fit position keeps its grid neighbours; a first image larger than ``fit_points`` contributes a
+    band of whole rows. Held-out positions are drawn from the rest."""
+    index = np.asarray(index)
+    images, counts = np.unique(index[:, 0], return_counts=True)
+    order = rng.permutation(len(images))
+    chosen, total = [], 0
+    for i in order:
+        if chosen and total + counts[i] > fit_points:
+            break
+        chosen.append(images[i])
+        total += counts[i]
+    fit = np.flatnonzero(np.isin(index[:, 0], chosen))
+    if len(fit) > fit_points:  # one image larger than the budget: its first whole rows
+        ys = index[fit, 1]
+        cumulative = np.cumsum(np.bincount(ys))  # positions in rows 0..y
+        fit = fit[ys < max(1, int(np.searchsorted(cumulative, fit_points, side="right")))]
+    rest = np.setdiff1d(np.arange(len(index)), fit)
+    held = rng.permutation(rest)[: min(heldout_points, len(rest))]
+    return np.sort(fit), np.sort(held)
+
+
 def layer_rng(seed: int, name: str) -> np.random.Generator:
     """The random stream of one layer's position split: a function of ``seed`` and the name only."""
     tag = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
@@ -78,6 +102,8 @@ def fit_layers(
     checkpoint_dir: str | Path | None = None,
     batch_equal_shapes: bool = False,
     maps_draws: int | None = None,
+    coupling: float = 0.0,
+    coupled_max_iter: int = 100,
     **dpgmm_kwargs,
 ) -> dict[str, LayerFit]:
     """Fit every layer of ``acts``; keyword arguments are those of :class:`dpmodels.DPGMM`.
@@ -92,7 +118,9 @@ def fit_layers(
     files are removed once every group has finished. Before fitting anything, the memory of every
     call (and, with ``maps_draws``, of each layer's maps with that many draws) is checked against
     what is available: :class:`~dpmodels.infer.memory.InsufficientMemoryError` if it would not fit.
-    Returns the fits in the order of ``acts``."""
+    With ``coupling > 0`` each layer gets a :class:`~dpmodels.spatial.SpatialDPGMM` (assignments
+    coupled to their grid neighbours), fitted on whole images (:func:`split_images`) in a call of
+    its own. Returns the fits in the order of ``acts``."""
     if "checkpoint" in dpgmm_kwargs or "keep_checkpoint" in dpgmm_kwargs:
         raise ValueError(
             "fit_layers names its checkpoint files itself; pass checkpoint_dir=... instead of "
@@ -107,11 +135,14 @@ def fit_layers(
                 f"layer {name!r} has only {a.num_points} positions; a mixture needs more data "
                 "(use more images or keep every position)."
             )
-        splits[name] = split_positions(a.num_points, fit_points, heldout_points, layer_rng(seed, name))
+        if coupling > 0:
+            splits[name] = split_images(a.index.numpy(), fit_points, heldout_points, layer_rng(seed, name))
+        else:
+            splits[name] = split_positions(a.num_points, fit_points, heldout_points, layer_rng(seed, name))
     groups: dict[tuple[int, int], list[str]] = {}  # (N, D) -> layers fitted in one batched call
     for name, a in acts.items():
         key = (len(splits[name][0]), a.num_features)
-        groups.setdefault(key if batch_equal_shapes else (*key, name), []).append(name)
+        groups.setdefault(key if batch_equal_shapes and coupling == 0 else (*key, name), []).append(name)
     _check_memory(acts, groups, maps_draws, dpgmm_kwargs)
     fits: dict[str, LayerFit] = {}
     ckpt_paths: list[Path] = []
@@ -124,7 +155,16 @@ def fit_layers(
             path = Path(checkpoint_dir) / f"fit_N{N}_D{D}_{tag}.ckpt"
             dpgmm_kwargs = {**dpgmm_kwargs, "checkpoint": path, "keep_checkpoint": True}
             ckpt_paths.append(path)
-        models = fit_batched(torch.stack(data), seed=seed, **dpgmm_kwargs)
+        if coupling > 0:
+            from ..spatial import SpatialDPGMM
+
+            index = acts[names[0]].index[torch.from_numpy(splits[names[0]][0])]
+            spatial = SpatialDPGMM(
+                coupling=coupling, coupled_max_iter=coupled_max_iter, seed=seed, **dpgmm_kwargs
+            )
+            models = [spatial.fit(data[0], index)]
+        else:
+            models = fit_batched(torch.stack(data), seed=seed, **dpgmm_kwargs)
         seconds = time.perf_counter() - start
         for name, model in zip(names, models, strict=True):
             fit_idx, held_idx = splits[name]

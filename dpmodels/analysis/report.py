@@ -91,6 +91,16 @@ def _cell(value, fmt: str) -> str:
     return fmt.format(value)
 
 
+def _model_line(layers: dict) -> str:
+    coupling = max((row.get("coupling", 0.0) for row in layers.values()), default=0.0)
+    if not coupling:
+        return "**Model**: Dirichlet-process mixture (positions independent given the weights)."
+    return (
+        f"**Model**: spatially coupled mixture, Potts coupling β = {coupling:g} between grid neighbours "
+        "(fitted on whole images; cluster and entropy maps from the coupled q(z))."
+    )
+
+
 def write_summary(out_dir: Path, metrics: dict, eval_rows: list[dict] | None = None) -> Path:
     """``summary.md``: what was analysed, the per-layer table, the figures."""
     data, net, layers = metrics["data"], metrics["network"], metrics["layers"]
@@ -107,6 +117,7 @@ def write_summary(out_dir: Path, metrics: dict, eval_rows: list[dict] | None = N
             else f", {net.get('weights')}"
         )
         + (", loaded from the cache." if net.get("loaded_from_cache") else "."),
+        _model_line(layers),
         "",
         "| layer | " + " | ".join(c[1] for c in cols) + " |",
         "|---|" + "---|" * len(cols),

@@ -41,10 +41,12 @@ def _layer_metrics(fit: LayerFit, maps: LayerMaps, evaluation: dict | None, k_dr
     out = {
         "n_active": int(m.n_active_),
         "n_active_interval": [float(np.quantile(k_draws, 0.05)), float(np.quantile(k_draws, 0.95))],
-        "elbo": float(m.elbo_) / len(fit.fit_index),
+        "elbo": float(m.elbo_) / len(fit.fit_index),  # the coupled bound when coupling > 0
         "heldout_loglik": fit.heldout_loglik,
         "fit_seconds": fit.fit_seconds,
         "fit_points": len(fit.fit_index),
+        "coupling": float(getattr(m, "coupling", 0.0)),
+        "coupled_seconds": float(m.fit_result_.info.get("coupled_seconds", 0.0)),
         "num_features": int(m.n_features_in_),
         "converged": bool(m.converged_),
         "mean_entropy": float(np.nanmean(maps.entropy.numpy())),
@@ -87,6 +89,7 @@ def analyze(
     baselines: bool = False,
     k_max: int = 12,
     concepts: dict | None = None,
+    spatial: dict | None = None,
     network: dict | None = None,
     seed: int = 0,
     device: str = "cpu",
@@ -102,7 +105,10 @@ def analyze(
     every position of every image); ``figures``: ``enabled``, ``num_images``, ``prototypes``, ``dpi``;
     ``network``: what the model is (recorded in the metrics); ``concepts``: keyword arguments of
     :func:`dpmodels.concepts.layer.layer_concepts` (``criteria``, ``num_draws``, ``draw_points``) or
-    ``{"enabled": False}``: each layer's components merged into concepts, scored at both levels."""
+    ``{"enabled": False}``: each layer's components merged into concepts, scored at both levels;
+    ``spatial``: ``{"coupling": beta, "coupled_max_iter": n}`` with ``beta > 0`` fits each layer with
+    assignments coupled to their grid neighbours (:mod:`dpmodels.spatial`, on whole images) and
+    draws its cluster and entropy maps from the coupled ``q(z)``."""
     from ..diagnostics import save_inference_data, to_inference_data  # ArviZ only when needed
 
     out_dir = Path(out_dir)
@@ -137,6 +143,7 @@ def analyze(
         progress=progress,
         checkpoint_dir=out_dir / "checkpoints",
         maps_draws=map_draws,
+        **(spatial or {}),
         **(dpgmm or {}),
     )
     timings["fit_seconds"] = time.perf_counter() - t0
@@ -147,6 +154,10 @@ def analyze(
     concepts_on, concept_maps, concept_sel = concept_cfg.pop("enabled", True), {}, {}
     for name, fit in fits.items():
         maps = layer_maps(fit.model, acts[name], num_draws=map_draws, seed=seed, progress=progress)
+        if getattr(fit.model, "coupling", 0.0) > 0:  # cluster and entropy maps of the coupled q(z)
+            from ..spatial import coupled_maps
+
+            maps = coupled_maps(maps, fit.model, acts[name])
         all_maps[name] = maps
         save_layer_maps(out_dir, maps)
         k_draws[name] = n_active_draws(fit.model.posterior_, num_draws=max(num_draws, 100), seed=seed)

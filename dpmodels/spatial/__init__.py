@@ -16,12 +16,14 @@ from .coupled import (
 )
 from .estimator import SpatialDPGMM
 from .grid import Grid, grid_from_index
+from .maps import coupled_maps
 
 __all__ = [
     "CoupledOptions",
     "Grid",
     "SpatialDPGMM",
     "check_coupling",
+    "coupled_maps",
     "coupled_sweep",
     "edge_agreement",
     "fit_coupled",

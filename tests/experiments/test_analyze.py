@@ -17,7 +17,7 @@ from experiments.schema import register
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 TINY = ["experiment=tiny", "viz.num_images=1"]
-GROUPS = ["data", "net", "layers", "prior", "infer", "viz", "evaluate", "experiment"]
+GROUPS = ["data", "net", "layers", "prior", "infer", "model", "viz", "evaluate", "experiment"]
 
 
 def _cli(args, tmp_path, module="experiments.analyze", check=True):
@@ -119,6 +119,7 @@ def test_rerun_of_a_finished_run_is_skipped_and_another_config_is_refused(tiny_r
     [
         ("data=folder", "data.root"),  # missing mandatory value
         ("layers.names=[nothing_like_this]", "nothing_like_this"),
+        ("model.coupling=-1", "coupling must be >= 0"),
     ],
 )
 def test_bad_input_is_one_clear_message(tmp_path, override, message):
