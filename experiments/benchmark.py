@@ -6,7 +6,7 @@
     python -m experiments.benchmark device=cuda 'cases=[{name:big,n_points:200000,methods:[natural]}]'
 
 Prints a table and writes ``benchmark.csv`` and ``benchmark.json`` into the Hydra run directory.
-The work happens in :mod:`dpmodels.benchmark`; ``conf/benchmark.yaml`` lists presets and keys.
+The work happens in :mod:`experiments.bench.engines`; ``conf/benchmark.yaml`` lists presets and keys.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from dpmodels import bench_extraction
-from dpmodels.benchmark import BenchmarkSettings, format_table, run_benchmark, write_results
 from dpmodels.io import atomic_write_json
+from experiments.bench import extraction as bench_extraction
+from experiments.bench.engines import BenchmarkSettings, format_table, run_benchmark, write_results
 
 from .common import guard_argv, job
 

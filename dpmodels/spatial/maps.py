@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ..activations.types import LayerActivations
-from ..maps.layer_maps import LayerMaps
 from .estimator import SpatialDPGMM
+
+if TYPE_CHECKING:  # the maps stack is not needed to fit
+    from ..activations.types import LayerActivations
+    from ..maps.layer_maps import LayerMaps
 
 __all__ = ["coupled_maps"]
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dpmodels.benchmark import BenchmarkSettings, WidthSettings, environment
 from dpmodels.data import PlantedMixture
 from dpmodels.io import atomic_write_json
+from experiments.bench.engines import BenchmarkSettings, WidthSettings, environment
 
 __all__ = ["WIDTH_FIELDS", "plan_cases", "run", "format_width_table"]
 
@@ -90,7 +90,7 @@ def _draw(case: dict, cfg: dict, seed: int) -> dict:
 def _child(job: dict, out: mp.Queue) -> None:
     """One fit in a fresh process: load the points, say "started", fit, report."""
     try:
-        from dpmodels.benchmark import _rss_breakdown_mib, _RssSampler
+        from experiments.bench.engines import _rss_breakdown_mib, _RssSampler
 
         X = np.load(job["train"])
         X_test = np.load(job["test"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dpmodels.bench_extraction import ROW_FIELDS
+from experiments.bench.extraction import ROW_FIELDS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow  # ~10 s on a quiet 2-core machine (a child process, ResNet-18 geometry probes)
 def test_quick_benchmark_writes_json_and_table(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "dpmodels.bench_extraction", "--quick", "--out", str(out)]
+    cmd = [sys.executable, "-m", "experiments.bench.extraction", "--quick", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = json.loads(out.read_text())

@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dpmodels.benchmark import ROW_FIELDS, BenchmarkSettings, resolve_device
+from experiments.bench.engines import ROW_FIELDS, BenchmarkSettings, resolve_device
 from experiments.benchmark import run
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dpmodels.benchmark import BenchmarkSettings
+from experiments.bench.engines import BenchmarkSettings
 from experiments.bench.width import WIDTH_FIELDS, format_width_table, plan_cases
 from experiments.benchmark import run  # registers the config schema
 

@@ -17,7 +17,7 @@ Rows (one ``dict`` each, keys :data:`ROW_FIELDS`):
   random image broadcast (``expand``, no copy) so that the input itself costs no memory. The
   temporary directory is deleted afterwards.
 
-Run ``python -m dpmodels.bench_extraction [--quick] [--out FILE]``.
+Run ``python -m experiments.bench.extraction [--quick] [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .activations import conv_layers, extract, list_layers
+from dpmodels.activations import conv_layers, extract, list_layers
 
 __all__ = ["ROW_FIELDS", "FallbackCNN", "format_table", "main", "run", "small_cnn"]
 
@@ -65,7 +65,7 @@ class FallbackCNN(nn.Module):
 def small_cnn() -> tuple[str, nn.Module]:
     """``("SmallCNN", model)`` from ``dpmodels.nets`` if available, else ``("FallbackCNN", ...)``."""
     try:
-        from .nets import SmallCNN
+        from dpmodels.nets import SmallCNN
     except ImportError:
         return "FallbackCNN", FallbackCNN()
     return "SmallCNN", SmallCNN(in_channels=3, num_classes=8)
@@ -113,7 +113,7 @@ def _store(n_images: int, size: int, batch_size: int) -> dict:
             "batch_size": batch_size,
             "store": str(Path(tmp) / "store"),
         }
-        cmd = [sys.executable, "-m", "dpmodels.bench_extraction", "--child", json.dumps(job)]
+        cmd = [sys.executable, "-m", "experiments.bench.extraction", "--child", json.dumps(job)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"store benchmark child failed:\n{proc.stderr[-3000:]}")
@@ -137,7 +137,7 @@ def run(quick: bool = False, store_images: int | None = None, log=print) -> list
             rows.append(_throughput(name, model, size, n_images[size], 16, 2 if quick else None))
             log(f"  {name} {size}px: {rows[-1]['images_per_s']:.1f} images/s")
     for size in (32,) if quick else (224,):
-        from .nets import build_net
+        from dpmodels.nets import build_net
 
         lite = build_net("efficientnet_lite0", weights="DEFAULT")
         rows.append(

@@ -1,4 +1,4 @@
-"""Measured targets of the diagnostics (``python -m dpmodels.diagnostics.study``).
+"""Measured targets of the diagnostics (``python -m experiments.bench.diagnostics_study``).
 
 (a) Prior comparison by PSIS-LOO on data generated from each weight-prior family: DP sticks,
     Pitman–Yor sticks (power-law cluster sizes) and a finite mixture with a known ``K``. Counts
@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..estimator import DPGMM
-from ..models.base_measure import BaseMeasure
-from ..priors import WeightPrior
-from .gibbs import GibbsKernel
-from .inference_data import to_inference_data
-from .psis import vi_pareto_k
-from .sbc import rank_uniformity_pvalue, sbc_ranks
-from .summaries import compare
+from dpmodels.diagnostics.gibbs import GibbsKernel
+from dpmodels.diagnostics.inference_data import to_inference_data
+from dpmodels.diagnostics.psis import vi_pareto_k
+from dpmodels.diagnostics.sbc import rank_uniformity_pvalue, sbc_ranks
+from dpmodels.diagnostics.summaries import compare
+from dpmodels.estimator import DPGMM
+from dpmodels.models.base_measure import BaseMeasure
+from dpmodels.priors import WeightPrior
 
 __all__ = ["main", "generate_clusters", "prior_comparison", "pareto_vs_n", "sbc_power"]
 
@@ -79,7 +79,7 @@ def prior_comparison(seeds: int, n: int = 400, restarts: int = 2, truncation: in
 
 def pareto_vs_n(seeds: int, sizes=(100, 200, 500, 1000, 2000), num_draws: int = 500) -> dict:
     """``k_hat`` per ``N`` for well-specified (Gaussian) and misspecified (Student-t, df 1.5) data."""
-    from ..data.synthetic import PlantedMixture
+    from dpmodels.data.synthetic import PlantedMixture
 
     out: dict = {"gaussian": {}, "student_t": {}}
     for N in sizes:

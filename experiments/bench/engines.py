@@ -49,12 +49,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import PlantedMixture
-from .estimator import DPGMM
-from .infer import ConvergenceWarning, NaturalOptions, fit_natural
-from .models import ModelSpec, empirical_base_measure
-from .posterior import MixturePosterior
-from .priors import WeightPrior
+from dpmodels.data import PlantedMixture
+from dpmodels.estimator import DPGMM
+from dpmodels.infer import ConvergenceWarning, NaturalOptions, fit_natural
+from dpmodels.models import ModelSpec, empirical_base_measure
+from dpmodels.posterior import MixturePosterior
+from dpmodels.priors import WeightPrior
 
 __all__ = [
     "METHODS",
@@ -132,7 +132,7 @@ class BenchmarkCase:
 
 @dataclass
 class ExtractionSettings:
-    """The activation-extraction benchmark (:mod:`dpmodels.bench_extraction`): throughput of the
+    """The activation-extraction benchmark (:mod:`experiments.bench.extraction`): throughput of the
     small CNN and resnet18 at 64 and 224 px, and peak memory while streaming ``store_images``
     images of a large layer to disk (``None``: 10 000)."""
 
@@ -491,7 +491,7 @@ def _memmap_child(job_path: str) -> None:
     Path(job["result"]).write_text(json.dumps(result))
 
 
-_CHILD_CODE = "import sys; from dpmodels.benchmark import _memmap_child; _memmap_child(sys.argv[1])"
+_CHILD_CODE = "import sys; from experiments.bench.engines import _memmap_child; _memmap_child(sys.argv[1])"
 
 
 def _run_natural_memmap(
