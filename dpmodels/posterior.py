@@ -161,7 +161,7 @@ class MixturePosterior:
     def log_responsibilities(self, x: Tensor) -> Tensor:
         """Mean-field ``log q(z_n = k)`` ``(B, N, K)``, components in canonical order."""
         e_log_pi = expected_log_weights(self.params)
-        # float32 on raw data: the whitened form (no cancellation, same bits whatever the chunking)
+        # float32 on raw data: the whitened form (no cancellation; chunking changes only float32 round-off)
         plan = quadratic_plan(self.params, "whitened" if self.params.covariance == "full" else None)
         log_r = self._chunked(lambda c: assignment_log_probs(self.params, c, e_log_pi, plan), x)
         return torch.gather(log_r, 2, self.order.unsqueeze(1).expand_as(log_r))
