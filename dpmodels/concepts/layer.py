@@ -51,7 +51,7 @@ def layer_concepts(
     fit_points,
     masks=None,
     *,
-    criteria: tuple[str, ...] = ("entropy", "bhattacharyya"),
+    criteria: tuple[str, ...] = ("bhattacharyya", "entropy"),
     num_draws: int = 32,
     draw_points: int = 4000,
     seed: int = 0,

@@ -98,7 +98,7 @@ def select_concepts(
     posterior: MixturePosterior,
     points,
     *,
-    criterion: str = "entropy",
+    criterion: str = "bhattacharyya",
     num_concepts: int | None = None,
     num_draws: int = 32,
     draw_points: int = 4000,
