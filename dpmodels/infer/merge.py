@@ -125,9 +125,7 @@ def _pair_candidate_elbos(
     return comp_total + weight_terms + stats.entropy.unsqueeze(-1) + gain
 
 
-def _single_merge(
-    stats: Stats, comp_xlogx: Tensor, pair_xlogx: Tensor, pairs: Tensor, best: Tensor
-) -> Stats:
+def _single_merge(stats: Stats, comp_xlogx: Tensor, pair_xlogx: Tensor, pairs: Tensor, best: Tensor) -> Stats:
     """Statistics ``(B, K, ...)`` after merging, in every fit, its pair ``best (B,)``."""
     rows = torch.arange(pairs.shape[0], device=pairs.device)
     chosen = pairs[rows, best].unsqueeze(1)  # (B, 1, 2)
