@@ -173,27 +173,38 @@ def _layer(name: str, D: int, seed: int):
 
 
 @pytest.mark.slow
-def test_fit_layers_resumes_after_an_interruption(tmp_path):
+def test_fit_layers_resumes_after_an_interruption(tmp_path, monkeypatch):
     from dpmodels.analysis.fitting import fit_layers  # noqa: PLC0415
+    from dpmodels.infer.checkpoint import FitCheckpointer  # noqa: PLC0415
 
     acts = {"a": _layer("a", 2, 0), "b": _layer("b", 3, 1), "c": _layer("c", 2, 2)}  # one call per layer
     kwargs = dict(fit_points=1500, heldout_points=200, seed=4, truncation=10, tol=1e-5)
-    start = time.perf_counter()
     reference = fit_layers(acts, **kwargs)
-    seconds = time.perf_counter() - start
     ckpt_dir = tmp_path / "ckpts"
 
-    def interrupt(signum, frame):
-        raise _Interrupted
+    # interrupt halfway through the saves of a checkpointed call (counted on a first call), so the
+    # interruption lands mid-run whatever the machine's speed (a timer did not, on a loaded machine)
+    save, saves = FitCheckpointer.save, []
 
-    old = signal.signal(signal.SIGALRM, interrupt)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.6 * seconds)
-        with pytest.raises(_Interrupted):
-            fit_layers(acts, checkpoint_dir=ckpt_dir, checkpoint_every=0.0, **kwargs)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    def counting(self, state):
+        saves.append(1)
+        return save(self, state)
+
+    monkeypatch.setattr(FitCheckpointer, "save", counting)
+    fit_layers(acts, checkpoint_dir=tmp_path / "count", checkpoint_every=0.0, **kwargs)
+    total, saves[:] = len(saves), []
+    assert total >= 4
+
+    def interrupting(self, state):
+        out = counting(self, state)
+        if len(saves) == total // 2:
+            raise _Interrupted
+        return out
+
+    monkeypatch.setattr(FitCheckpointer, "save", interrupting)
+    with pytest.raises(_Interrupted):
+        fit_layers(acts, checkpoint_dir=ckpt_dir, checkpoint_every=0.0, **kwargs)
+    monkeypatch.setattr(FitCheckpointer, "save", save)
     assert list(ckpt_dir.glob("*.ckpt")), "the interrupted call left no checkpoint to resume from"
     resumed = fit_layers(acts, checkpoint_dir=ckpt_dir, checkpoint_every=0.0, **kwargs)
     assert not ckpt_dir.exists(), "checkpoints (and their folder) are removed once every layer is fitted"
