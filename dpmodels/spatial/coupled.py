@@ -35,6 +35,7 @@ from ..infer.result import ConvergenceWarning, FitResult, auto_chunk_size
 from ..infer.updates import elbo_from_stats, m_step, stats_from_responsibilities
 from ..models.dpgmm import ModelSpec
 from ..models.family import VariationalParams, expected_log_likelihood, expected_log_weights, quadratic_plan
+from ..models.quadratic import QuadraticPlan
 from .grid import Grid
 
 __all__ = [
@@ -75,10 +76,13 @@ class CoupledOptions:
     progress: bool = False
 
 
-def unary_logits(params: VariationalParams, x: Tensor, chunk: int) -> Tensor:
-    """``E[log pi_k] + E[log N(x_n | theta_k)]`` ``(B, N, K)`` for ``x (B, N, D)`` (same dtype/device)."""
+def unary_logits(
+    params: VariationalParams, x: Tensor, chunk: int, plan: QuadraticPlan | None = None
+) -> Tensor:
+    """``E[log pi_k] + E[log N(x_n | theta_k)]`` ``(B, N, K)`` for ``x (B, N, D)`` (same dtype/device);
+    ``plan``: :func:`~dpmodels.models.family.quadratic_plan` of ``params`` when the caller has it."""
     e_log_pi = expected_log_weights(params).unsqueeze(1)  # (B, 1, K)
-    plan = quadratic_plan(params)
+    plan = plan or quadratic_plan(params)
     parts = [
         e_log_pi + expected_log_likelihood(params, x[:, i : i + chunk], plan)
         for i in range(0, x.shape[1], chunk)
@@ -96,14 +100,15 @@ def _neighbour_sum(r: Tensor, neighbours: Tensor) -> Tensor:
 def coupled_sweep(logits: Tensor, log_r: Tensor, grid: Grid, coupling: float, chunk: int = 65_536) -> Tensor:
     """One checkerboard sweep: colour 0 then colour 1, each position to its exact mean-field optimum
     given its neighbours. ``logits``, ``log_r``: ``(B, N, K)``; returns the new ``log r``."""
-    log_r = log_r.clone()
+    log_r, r = log_r.clone(), log_r.exp()
     for colour in (0, 1):
         rows = (grid.colour == colour).nonzero().flatten()
-        r = log_r.exp()  # neighbours of this colour's positions all have the other colour
         for i in range(0, len(rows), chunk):
             sub = rows[i : i + chunk]
+            # neighbours of this colour's positions all have the other colour: r is current for them
             field = coupling * _neighbour_sum(r, grid.neighbours[sub])  # (B, n, K)
             log_r[:, sub] = torch.log_softmax(logits[:, sub] + field, dim=-1)
+            r[:, sub] = log_r[:, sub].exp()
     return log_r
 
 
@@ -165,10 +170,11 @@ def fit_coupled(
         for step in range(1, options.max_iter + 1):
             it = step
             params_c = params.map(lambda t: t.to(dtype))
-            logits = unary_logits(params_c, x, chunk)  # (B, N, K)
+            plan = quadratic_plan(params_c)  # per-component factors, once per iteration
+            logits = unary_logits(params_c, x, chunk, plan)  # (B, N, K)
             log_r = torch.log_softmax(logits, -1) if log_r is None else log_r
             log_r = coupled_sweep(logits, log_r, grid, coupling)
-            stats = stats_from_responsibilities(log_r, x, quadratic_plan(params_c).form)
+            stats = stats_from_responsibilities(log_r, x, plan.form)
             params = m_step(stats, base_c, spec.prior, params)
             new = elbo_from_stats(stats, params, base_c, spec.prior) + coupling * edge_agreement(
                 log_r, grid.edges
