@@ -16,6 +16,7 @@ import torch
 
 from ._validation import NotFittedError, as_points, check_device, check_positive_int
 from .data.source import PointSource, spool
+from .distributed import Shard, check_shards, resolve_group
 from .infer import FitResult, NaturalOptions, PyroOptions, fit_natural, fit_pyro
 from .infer.degenerate import warn_if_degenerate
 from .infer.memory import check_memory, estimate_fit_bytes
@@ -23,7 +24,7 @@ from .models.affine import AffineScaling, repeat_source, standardize
 from .models.base_measure import COVARIANCE_TYPES, empirical_base_measure
 from .models.dpgmm import ModelSpec
 from .posterior import MixturePosterior
-from .priors import WeightPrior
+from .priors import make_prior
 
 __all__ = ["DPGMM", "ENGINES", "TruncationWarning", "fit_batched"]
 
@@ -40,10 +41,13 @@ class DPGMM:
     Parameters
     ----------
     truncation : upper bound ``K`` on the number of components (not a guess of it).
-    prior : ``"dp"``, ``"pitman_yor"`` or ``"finite"`` (symmetric Dirichlet).
+    prior : a name in :data:`dpmodels.priors.PRIORS`: ``"dp"``, ``"pitman_yor"``, ``"finite"``
+        (symmetric Dirichlet) or ``"beta_sticks"`` (two-parameter stick breaking).
     concentration : ``alpha``; the starting value when ``learn_concentration``.
     discount : Pitman–Yor discount ``d`` in ``[0, 1)``.
     learn_concentration : infer ``alpha`` under a ``Gamma(1, 1)`` hyperprior.
+    prior_settings : further settings of the chosen prior by name (keywords of
+        :func:`~dpmodels.priors.make_prior`), e.g. ``{"a": 0.5}`` for ``"beta_sticks"``.
     covariance : ``"full"`` (Normal–Wishart) or ``"diag"`` (Normal–Gamma).
     engine : ``"natural"`` (closed-form natural-gradient VI, default) or ``"pyro"`` (Pyro SVI).
     batch_size : minibatch size (``None`` = full batch).
@@ -83,6 +87,7 @@ class DPGMM:
         concentration: float = 1.0,
         discount: float = 0.0,
         learn_concentration: bool = False,
+        prior_settings: dict | None = None,
         covariance: str = "full",
         engine: str = "natural",
         batch_size: int | None = None,
@@ -102,9 +107,13 @@ class DPGMM:
         keep_checkpoint: bool = False,
     ):
         self.truncation = check_positive_int(truncation, "truncation", "try 30 (an upper bound on clusters)")
-        self.prior = prior
-        self.weight_prior = WeightPrior(
-            prior, float(concentration), float(discount), bool(learn_concentration)
+        self.prior, self.prior_settings = prior, prior_settings
+        self.weight_prior = make_prior(
+            prior,
+            concentration=float(concentration),
+            discount=float(discount),
+            learn_concentration=bool(learn_concentration),
+            **(prior_settings or {}),
         )
         if covariance not in COVARIANCE_TYPES:
             raise ValueError(
@@ -113,10 +122,10 @@ class DPGMM:
             )
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}; try engine='natural'.")
-        if engine == "natural" and learn_concentration and prior != "dp":
-            raise ValueError(
-                f"a learned concentration has closed-form updates only for prior='dp', got prior={prior!r}; "
-                "use engine='pyro' for it, or learn_concentration=False."
+        if engine == "natural":
+            self.weight_prior.require_closed_form(
+                "a learned concentration has closed-form updates",
+                "use engine='pyro' for it, or learn_concentration=False.",
             )
         if batch_size is not None:
             check_positive_int(batch_size, "batch_size", "use None for full-batch fitting")
@@ -175,12 +184,19 @@ class DPGMM:
             overrides["max_steps"] = self.max_iter
         return PyroOptions(batch_size=batch, progress=self.progress, **overrides)
 
-    def fit(self, X) -> DPGMM:
+    def fit(self, X, *, distributed="auto") -> DPGMM:
         """Fit to ``X``: an ``(N, D)`` array or tensor, or the path of an ``(N, D)`` ``.npy`` file (or
-        an ``np.memmap``), which is read in chunks and never loaded whole. Returns ``self``."""
-        raw = self._source(X)
+        an ``np.memmap``), which is read in chunks and never loaded whole. Returns ``self``.
+
+        ``distributed``: inside an initialised ``torch.distributed`` process group (``"auto"``, the
+        default, or ``True``), ``X`` is this rank's shard and the fit is that of all ranks' shards
+        together (natural engine): every rank ends with the same posterior, equal to the fit of the
+        concatenated data up to summation order (:mod:`dpmodels.distributed`). ``False`` fits this
+        process's ``X`` alone even inside a group."""
+        group = resolve_group(distributed, self.device)
+        raw = self._shard_source(X, group, "DPGMM.fit")
         self._check_memory(self.n_restarts, *raw.shape[1:], in_memory=raw._mapping is None)
-        source, scaling = standardize(raw)  # z = (x - centre) / scale, (1, N, D)
+        source, scaling = standardize(raw, group=group)  # z = (x - centre) / scale, (1, N, D)
         N, D = source.shape[1:]
         data = repeat_source(source, self.n_restarts)  # (B, N, D), restarts share memory
         base = empirical_base_measure(
@@ -189,6 +205,7 @@ class DPGMM:
             mean_precision=self.mean_precision,
             dof=self.dof,
             scale=scaling.scale_to_z(self.scale, self.covariance, D),
+            group=group,
         )
         base = base.__class__(
             base.covariance,
@@ -198,13 +215,13 @@ class DPGMM:
             ),
         )
         spec = ModelSpec(self.weight_prior, base.to(device=self.device), self.truncation)
-        result = self._run(data, spec)
+        result = self._run(data, spec, group)
         scaling = scaling.expand(self.n_restarts)
         best = int(torch.nan_to_num(result.elbo, nan=-torch.inf).argmax())
         self._adopt(result, scaling.result_to_user(result), scaling, best)
         return self
 
-    def fit_stream(self, batches, spool_dir: str | Path | None = None) -> DPGMM:
+    def fit_stream(self, batches, spool_dir: str | Path | None = None, *, distributed="auto") -> DPGMM:
         """Fit to a stream: an iterable of ``(n, D)`` arrays or tensors (e.g. a DataLoader of layer
         activations), read once. The points are spooled to a float32 file in a temporary folder
         (inside ``spool_dir`` if given; removed afterwards) and fitted from disk chunk by chunk, so
@@ -216,7 +233,7 @@ class DPGMM:
         with tempfile.TemporaryDirectory(prefix="dpmodels-stream-", dir=spool_dir) as folder:
             points = spool(batches, Path(folder) / "points.f32")
             try:
-                return self.fit(points)
+                return self.fit(points, distributed=distributed)
             finally:
                 del points
 
@@ -243,9 +260,41 @@ class DPGMM:
             self.device,
         )
 
-    def _run(self, data, spec: ModelSpec) -> FitResult:
-        warn_if_degenerate(data, self.covariance, stacklevel=4)
-        options = self._options(data.shape[1])
+    def _settings(self) -> dict:
+        """Every setting that shapes a fit, as strings (data-parallel ranks must agree on them)."""
+        keys = (
+            "truncation", "weight_prior", "covariance", "engine", "batch_size", "seed", "device", "n_restarts",
+            "max_iter", "tol", "active_threshold", "mean_precision", "dof", "scale", "chunk_size", "checkpoint",
+            "checkpoint_every", "keep_checkpoint",
+        )  # fmt: skip
+        return {k: repr(getattr(self, k)) for k in keys}
+
+    def _shard_source(self, X, group, what: str) -> PointSource:
+        """:meth:`_source` of this process's ``X``; data-parallel, also a collective check that every
+        rank's shard is valid, non-empty and as wide as the others, and that the settings agree."""
+        if group is None:
+            return self._source(X)
+        error, raw = None, None
+        try:
+            if self.engine != "natural":
+                raise ValueError(
+                    f"engine={self.engine!r} fits one process's data only; use engine='natural' for a "
+                    "data-parallel fit, or fit(X, distributed=False) to fit each rank's data alone."
+                )
+            raw = self._source(X, min_points=0)
+        except ValueError as err:
+            error = err
+        N, D = tuple(raw.shape[1:]) if raw is not None else (0, 0)
+        sizes = group.check(
+            error, what, local=N, settings=self._settings(), dtype=str(getattr(raw, "dtype", None)), D=D
+        )
+        check_shards(sizes, what)
+        return raw
+
+    def _run(self, data, spec: ModelSpec, group=None) -> FitResult:
+        warn_if_degenerate(data, self.covariance, stacklevel=4, group=group)
+        num_points = data.shape[1] if group is None else Shard.of(data.shape[1], group).total
+        options = self._options(num_points)
         if self.engine == "pyro":
             return fit_pyro(data, spec, seed=self.seed, options=options, device=self.device)
         return fit_natural(
@@ -257,6 +306,7 @@ class DPGMM:
             checkpoint=self.checkpoint,
             checkpoint_every=self.checkpoint_every,
             keep_checkpoint=self.keep_checkpoint,
+            group=group,
         )
 
     def _adopt(self, result: FitResult, user: FitResult, scaling: AffineScaling, index: int) -> None:
@@ -291,7 +341,7 @@ class DPGMM:
             )
 
     @staticmethod
-    def _source(X) -> PointSource:
+    def _source(X, min_points: int = 2) -> PointSource:
         """Validated ``(1, N, D)`` view of the training data (in-memory data is checked at once,
         on-disk data chunk by chunk)."""
         if isinstance(X, (str, Path, np.memmap)):
@@ -299,11 +349,11 @@ class DPGMM:
             if source.shape[0] != 1:
                 raise ValueError(f"X must have shape (N, D), got {tuple(source.shape)}.")
             N, D = source.shape[1:]
-            if D == 0 or N < 2:
-                raise ValueError(f"X needs at least 2 points and 1 feature, got shape ({N}, {D}).")
+            if D == 0 or N < min_points:
+                raise ValueError(f"X needs at least {min_points} points and 1 feature, got shape ({N}, {D}).")
             source.check_finite()
             return source
-        return PointSource(as_points(X, dtype=_input_dtype(X)))
+        return PointSource(as_points(X, dtype=_input_dtype(X), min_points=min_points))
 
     # ---- prediction -----------------------------------------------------------------------------
     def _check(self, X) -> torch.Tensor:
@@ -351,23 +401,70 @@ def _input_dtype(X) -> torch.dtype:
     return torch.float64 if dtype in (np.float64, torch.float64) else torch.float32
 
 
-def fit_batched(datasets, **kwargs) -> list[DPGMM]:
+def fit_batched(datasets, *, distributed="auto", **kwargs) -> list[DPGMM]:
     """Fit one mixture per data set, all ``B`` of them in one batched tensor program.
 
     ``datasets``: an array or tensor ``(B, N, D)``, or a list of ``B`` arrays ``(N, D)`` of equal
     shape (e.g. several layers projected to a common dimension, or seeds of one layer). Keyword
     arguments are those of :class:`DPGMM` (``n_restarts`` must be 1). Each data set gets its own
     empirical-Bayes base measure. Returns one fitted :class:`DPGMM` per data set; they share one
-    ``fit_result_`` (wall time and iterations are those of the whole batch).
+    ``fit_result_`` (wall time and iterations are those of the whole batch). Inside a
+    ``torch.distributed`` process group (``distributed="auto"``), each rank passes its shard of every
+    data set and each fit is that of all ranks' shards of its data set (see :meth:`DPGMM.fit`).
     """
     if kwargs.get("n_restarts", 1) != 1:
         raise ValueError(
             "fit_batched runs one fit per data set; use n_restarts=1 (or DPGMM.fit for restarts)."
         )
+    template = DPGMM(**kwargs)
+    group = resolve_group(distributed, template.device)
+    if group is None:
+        data = _batched_points(datasets)
+    else:
+        error, data = None, None
+        try:
+            if template.engine != "natural":
+                raise ValueError(
+                    f"engine={template.engine!r} fits one process's data only; use engine='natural' for a "
+                    "data-parallel fit, or distributed=False."
+                )
+            data = _batched_points(datasets, min_points=0)
+        except ValueError as err:
+            error = err
+        B, N, D = data.shape if data is not None else (0, 0, 0)
+        settings, dtype = template._settings(), str(getattr(data, "dtype", None))
+        sizes = group.check(error, "fit_batched", local=N, settings=settings, dtype=dtype, B=B, D=D)
+        check_shards(sizes, "fit_batched")
+    template._check_memory(*data.shape)
+    source, scaling = standardize(PointSource(data), group=group)  # each data set by its own centre and scale
+    base = empirical_base_measure(
+        source,
+        template.covariance,
+        mean_precision=template.mean_precision,
+        dof=template.dof,
+        scale=scaling.scale_to_z(template.scale, template.covariance, data.shape[-1]),
+        group=group,
+    )
+    spec = ModelSpec(template.weight_prior, base.to(device=template.device), template.truncation)
+    result = template._run(source, spec, group)
+    user = scaling.result_to_user(result)
+    models = []
+    for b in range(data.shape[0]):
+        model = DPGMM(**kwargs)
+        model._adopt(result, user, scaling, b)
+        models.append(model)
+    return models
+
+
+def _batched_points(datasets, min_points: int = 2) -> torch.Tensor:
+    """``datasets`` (a ``(B, N, D)`` array or a list of ``(N, D)`` arrays) as one validated tensor."""
     if isinstance(datasets, (list, tuple)):
         if not datasets:
             raise ValueError("fit_batched needs at least one data set, got an empty list.")
-        points = [as_points(x, name=f"datasets[{i}]", dtype=_input_dtype(x)) for i, x in enumerate(datasets)]
+        points = [
+            as_points(x, name=f"datasets[{i}]", dtype=_input_dtype(x), min_points=min_points)
+            for i, x in enumerate(datasets)
+        ]
         shapes = {tuple(p.shape) for p in points}
         if len(shapes) > 1:
             raise ValueError(
@@ -380,23 +477,10 @@ def fit_batched(datasets, **kwargs) -> list[DPGMM]:
         if data.dim() != 3:
             raise ValueError(f"datasets must have shape (B, N, D), got {tuple(data.shape)}.")
         dtype = _input_dtype(data)
-        data = torch.stack([as_points(x, name=f"datasets[{i}]", dtype=dtype) for i, x in enumerate(data)])
-    template = DPGMM(**kwargs)
-    template._check_memory(*data.shape)
-    source, scaling = standardize(PointSource(data))  # each data set by its own centre and scale
-    base = empirical_base_measure(
-        source,
-        template.covariance,
-        mean_precision=template.mean_precision,
-        dof=template.dof,
-        scale=scaling.scale_to_z(template.scale, template.covariance, data.shape[-1]),
-    )
-    spec = ModelSpec(template.weight_prior, base.to(device=template.device), template.truncation)
-    result = template._run(source, spec)
-    user = scaling.result_to_user(result)
-    models = []
-    for b in range(data.shape[0]):
-        model = DPGMM(**kwargs)
-        model._adopt(result, user, scaling, b)
-        models.append(model)
-    return models
+        data = torch.stack(
+            [
+                as_points(x, name=f"datasets[{i}]", dtype=dtype, min_points=min_points)
+                for i, x in enumerate(data)
+            ]
+        )
+    return data

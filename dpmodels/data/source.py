@@ -114,17 +114,26 @@ class PointSource:
                     f"{self.name} contains NaN or Inf values (first rows: {rows}); drop or impute them before fitting."
                 )
 
-    def moments(self, covariance: str, chunk_size: int = 65_536) -> tuple[Tensor, Tensor]:
+    def moments(self, covariance: str, chunk_size: int = 65_536, group=None) -> tuple[Tensor, Tensor]:
         """Mean ``(B, D)`` and covariance ``(B, D, D)`` (or variances ``(B, D)``) in float64,
-        accumulated chunk by chunk around a first-chunk pivot (numerically stable)."""
+        accumulated chunk by chunk around a first-chunk pivot (numerically stable).
+
+        With ``group`` (a :class:`~dpmodels.distributed.DataParallel`), the moments of the points of
+        all ranks together (rank 0's pivot, sums reduced over ranks)."""
         B, N, D = self.shape
         pivot = self[:, : min(N, 1024)].double().cpu().mean(1, keepdim=True)  # (B, 1, D)
+        if group is not None:  # every rank centres at rank 0's pivot
+            pivot = group.all_reduce(pivot if group.rank == 0 else torch.zeros_like(pivot))[0]
         s1 = torch.zeros(B, D, dtype=torch.float64)
         s2 = torch.zeros((B, D, D) if covariance == "full" else (B, D), dtype=torch.float64)
         for _, x in self.chunks(chunk_size):
             c = x.double().cpu() - pivot
             s1 += c.sum(1)
             s2 += c.transpose(1, 2) @ c if covariance == "full" else (c * c).sum(1)
+        if group is not None:
+            total = torch.tensor([float(N)], dtype=torch.float64)
+            s1, s2, total = group.all_reduce(s1, s2, total)
+            N = int(total.item())
         mean_c = s1 / N
         denom = max(N - 1, 1)
         if covariance == "full":

@@ -22,19 +22,22 @@ class DegenerateDataWarning(UserWarning):
 
 
 def degenerate_report(
-    data, covariance: str = "full", rtol: float = 1e-10, chunk_size: int = 65_536
+    data, covariance: str = "full", rtol: float = 1e-10, chunk_size: int = 65_536, group=None
 ) -> list[str]:
     """Problems found in ``data (B, N, D)`` (tensor or :class:`~dpmodels.data.PointSource`), one line each.
 
     Checks, per fit: channels that hold one value at every point (exact, by min == max); for
     ``covariance="full"`` also ``N <= D`` and a correlation matrix of the non-constant channels
     whose smallest eigenvalue is below ``rtol`` (duplicated or linearly dependent channels).
-    One chunked pass over the data, in float64.
+    One chunked pass over the data, in float64; with ``group`` (a
+    :class:`~dpmodels.distributed.DataParallel`) over the points of all ranks together.
     """
     B, N, D = data.shape
     lo = torch.full((B, D), torch.inf, dtype=torch.float64)
     hi = torch.full((B, D), -torch.inf, dtype=torch.float64)
     pivot = data[:, :1].double().cpu()  # (B, 1, D): centring keeps the scatter accurate
+    if group is not None:  # every rank centres at rank 0's first point
+        pivot = group.all_reduce(pivot if group.rank == 0 else torch.zeros_like(pivot))[0]
     s1 = torch.zeros(B, D, dtype=torch.float64)
     s2 = torch.zeros(B, D, D, dtype=torch.float64)
     for start in range(0, N, chunk_size):
@@ -44,6 +47,10 @@ def degenerate_report(
             c = x - pivot
             s1 += c.sum(1)
             s2 += c.transpose(1, 2) @ c  # (B, D, D)
+    if group is not None:
+        (lo,), (hi,) = group.all_reduce(lo, op="min"), group.all_reduce(hi, op="max")
+        s1, s2, total = group.all_reduce(s1, s2, torch.tensor([float(N)], dtype=torch.float64))
+        N = int(total.item())
     problems = []
     for b in range(B):
         where = f"data set {b}: " if B > 1 else ""
@@ -71,9 +78,9 @@ def degenerate_report(
     return problems
 
 
-def warn_if_degenerate(data, covariance: str = "full", stacklevel: int = 2) -> list[str]:
+def warn_if_degenerate(data, covariance: str = "full", stacklevel: int = 2, group=None) -> list[str]:
     """Issue one :class:`DegenerateDataWarning` listing :func:`degenerate_report`'s findings; returns them."""
-    problems = degenerate_report(data, covariance)
+    problems = degenerate_report(data, covariance, group=group)
     if problems:
         warnings.warn(
             "degenerate data: " + "; ".join(problems) + ". The fit runs, but covariances along these "

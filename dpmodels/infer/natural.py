@@ -19,9 +19,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..distributed import DataParallel, Shard
 from ..models.dpgmm import ModelSpec
 from ..models.family import VariationalParams
-from .checkpoint import FitCheckpointer, fingerprint, params_from_state, params_to_state
+from .checkpoint import FitCheckpointer, FitCheckpointError, fingerprint, params_from_state, params_to_state
 from .init import initial_stats
 from .phases import Tracker, full_batch_phase, minibatch_phase
 from .result import ConvergenceWarning, FitResult, auto_chunk_size
@@ -111,25 +112,38 @@ def centred_base(spec: ModelSpec):
     return replace(base, mean=torch.zeros_like(base.mean)), shift
 
 
-def initial_params(data: Tensor, spec: ModelSpec, generator: torch.Generator, subsample: int, device):
-    """k-means-initialised float64 params (centred) and the centring shift."""
+def initial_params(
+    data: Tensor,
+    spec: ModelSpec,
+    generator: torch.Generator,
+    subsample: int,
+    device,
+    shard: Shard | None = None,
+):
+    """k-means-initialised float64 params (centred) and the centring shift.
+
+    With ``shard`` (data-parallel), the subsample is drawn from the indices of all ranks' points
+    and gathered on every rank, so every rank starts from the same parameters."""
     base_c, shift = centred_base(spec)
-    B, N, D = data.shape
+    shard = shard or Shard.of(data.shape[1], None)
+    N = shard.total
     n = min(N, subsample)
     idx = torch.randperm(N, generator=generator)[:n].sort().values
-    x = data[:, idx].to(device=device, dtype=torch.float64) - shift.to(device).unsqueeze(1)
+    x = shard.gather_rows(data, idx).to(device=device, dtype=torch.float64) - shift.to(device).unsqueeze(1)
     stats = initial_stats(x, spec.truncation, N, generator, covariance=spec.covariance)
     return m_step(stats, base_c.to(device=device), spec.prior), base_c.to(device=device), shift.to(device)
 
 
-def _warm_start(data, spec, generator, seed, opts, device):
-    """Fit a random subsample completely; its posterior (in centred float64) starts the full fit."""
-    N, n = data.shape[1], opts.warm_start_points
+def _warm_start(data, spec, generator, seed, opts, device, shard: Shard):
+    """Fit a random subsample completely; its posterior (in centred float64) starts the full fit.
+    Data-parallel, the subsample is gathered from all ranks and every rank fits it alone (the same
+    computation on the same numbers, hence the same result everywhere)."""
+    N, n = shard.total, opts.warm_start_points
     idx = torch.randperm(N, generator=generator)[:n].sort().values
     sub_opts = replace(opts, warm_start_points=None, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # the full-data phase decides convergence
-        sub = fit_natural(data[:, idx], spec, seed=seed, options=sub_opts, device=device)
+        sub = fit_natural(shard.gather_rows(data, idx), spec, seed=seed, options=sub_opts, device=device)
     shift = centred_base(spec)[1]
     params = sub.params.map(lambda t: t.to(device=device, dtype=torch.float64))
     params.mean = params.mean - shift.to(device).unsqueeze(1)
@@ -146,6 +160,7 @@ def fit_natural(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: float = 30.0,
     keep_checkpoint: bool = False,
+    group: DataParallel | None = None,
 ) -> FitResult:
     """Fit ``B`` mixtures to ``data (B, N, D)`` with closed-form natural-gradient updates.
 
@@ -156,11 +171,18 @@ def fit_natural(
     raises :class:`~dpmodels.infer.checkpoint.FitCheckpointError` and is left untouched. After a
     successful fit the file is removed, unless ``keep_checkpoint`` (then it holds the final state,
     and calling again returns the same result at once).
+
+    With ``group`` (a :class:`~dpmodels.distributed.DataParallel`), ``data`` is this rank's shard
+    and the fit is that of all ranks' shards concatenated in rank order (see
+    :mod:`dpmodels.distributed`); every rank returns the same result, only rank 0 writes the
+    checkpoint, and every rank resumes from it.
     """
     opts = options or NaturalOptions()
     device = torch.device(device)
     dtype = data.dtype if data.dtype in (torch.float32, torch.float64) else torch.float32
-    B, N, D = data.shape
+    B, _, D = data.shape
+    shard = Shard.of(data.shape[1], group)
+    N = shard.total
     K = spec.truncation
     check_full_covariance_fits(spec, B, D, device)
     # per-point width of the chunk's temporaries: (B, n, K) responsibilities and (B, n, D) points; the
@@ -172,10 +194,13 @@ def fit_natural(
     minibatch = opts.batch_size is not None and opts.batch_size < N
     ckpt = None
     if checkpoint is not None:
-        ckpt = FitCheckpointer(
-            checkpoint, checkpoint_every, fingerprint(data, spec, seed, opts, chunk, dtype, device)
-        )
-    saved = ckpt.load() if ckpt is not None else None
+        mark = fingerprint(data, spec, seed, opts, chunk, dtype, device)
+        if group is not None:  # one fingerprint of all shards, in rank order
+            mark["data"] = f"ranks={group.world_size} " + " | ".join(group.all_gather_object(mark["data"]))
+        ckpt = FitCheckpointer(checkpoint, checkpoint_every, mark)
+    saved = _load_checkpoint(ckpt, group)
+    if group is not None and group.rank != 0:
+        ckpt = None  # rank 0 alone writes (and finally removes) the checkpoint
     tracker = Tracker(N, opts.tol)
     base_c, shift = centred_base(spec)
     base_c, shift = base_c.to(device=device), shift.to(device)
@@ -187,9 +212,9 @@ def fit_natural(
     else:
         warm = opts.warm_start_points
         if not minibatch and warm is not None and N > 2 * warm:
-            params, warm_info = _warm_start(data, spec, generator, seed, opts, device)
+            params, warm_info = _warm_start(data, spec, generator, seed, opts, device, shard)
         else:
-            params = initial_params(data, spec, generator, opts.init_subsample, device)[0]
+            params = initial_params(data, spec, generator, opts.init_subsample, device, shard)[0]
             warm_info = None
         phase, elapsed = ("minibatch" if minibatch else "full"), 0.0
 
@@ -221,7 +246,7 @@ def fit_natural(
         if phase == "minibatch":
             params, mb_steps = minibatch_phase(
                 data, shift, params, base_c, spec, opts, generator, device, dtype, tracker, bar, on_step,
-                saved["minibatch"] if saved is not None else None,
+                saved["minibatch"] if saved is not None else None, shard,
             )  # fmt: skip
         elif minibatch:
             mb_steps = saved["mb_steps"]
@@ -229,7 +254,7 @@ def fit_natural(
         passes = max(1, opts.final_passes if minibatch else opts.max_iter)  # at least one full pass
         params, elbo, counts, conv, steps, n_merges, last_change = full_batch_phase(
             data, shift, params, base_c, spec, opts, passes, chunk, device, dtype, tracker, bar, on_step,
-            resume_full,
+            resume_full, shard,
         )  # fmt: skip
         n_steps = mb_steps + steps
     if ckpt is not None:
@@ -259,5 +284,28 @@ def fit_natural(
         converged=conv,
         fit_seconds=elapsed + time.perf_counter() - start_time,
         engine="natural",
-        info={"chunk_size": chunk, "minibatch": minibatch, "merges": n_merges, "warm_start": warm_info},
+        info={
+            "chunk_size": chunk,
+            "minibatch": minibatch,
+            "merges": n_merges,
+            "warm_start": warm_info,
+            **({} if group is None else {"world_size": group.world_size, "local_points": shard.local}),
+        },
     )
+
+
+def _load_checkpoint(ckpt: FitCheckpointer | None, group: DataParallel | None):
+    """The saved state (or ``None``); data-parallel, rank 0 reads it and every rank gets its copy (or
+    its error), so the ranks agree even where they do not share a file system."""
+    if group is None:
+        return ckpt.load() if ckpt is not None else None
+    outcome = None
+    if group.rank == 0:
+        try:
+            outcome = ("state", ckpt.load() if ckpt is not None else None)
+        except FitCheckpointError as err:
+            outcome = ("error", str(err))
+    kind, value = group.broadcast_object(outcome)
+    if kind == "error":
+        raise FitCheckpointError(f"rank 0: {value}")
+    return value

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..models.family import VariationalParams
 from .merge import candidate_pairs, try_merges
-from .result import full_pass
+from .result import full_pass, reduce_stats
 from .updates import Stats, e_step, elbo_from_stats, m_step, select_fits
 
 __all__ = ["Tracker", "minibatch_phase", "full_batch_phase"]
@@ -73,7 +73,7 @@ def _m_step_sorted(stats: Stats, params: VariationalParams, base_c, spec, sort: 
     """M-step; for stick-breaking priors also try components sorted by size, keep what has the higher ELBO."""
     new = m_step(stats, base_c, spec.prior, params)
     elbo = elbo_from_stats(stats, new, base_c, spec.prior)
-    if not (sort and spec.prior.uses_sticks):
+    if not (sort and spec.prior.ordered):
         return new, elbo
     order = stats.count.argsort(dim=-1, descending=True)
     sorted_stats = stats.permute(order)
@@ -84,10 +84,29 @@ def _m_step_sorted(stats: Stats, params: VariationalParams, base_c, spec, sort: 
 
 
 def minibatch_phase(
-    data, shift, params, base_c, spec, opts, generator, device, dtype, tracker, bar, on_step, resume
+    data,
+    shift,
+    params,
+    base_c,
+    spec,
+    opts,
+    generator,
+    device,
+    dtype,
+    tracker,
+    bar,
+    on_step,
+    resume,
+    shard=None,
 ):
-    """SVI epochs over ``data (B, N, D)``; returns ``(params, steps)``."""
-    B, N, _ = data.shape
+    """SVI epochs over ``data (B, N, D)``; returns ``(params, steps)``.
+
+    Data-parallel (``shard`` with a group), every rank draws the same permutation of the global
+    indices (a shared generator), computes the statistics of the minibatch's points it holds, and
+    the statistics are summed over ranks: the same steps as one process with all the data."""
+    B, N, D = data.shape
+    if shard is not None:
+        N = shard.total
     M = opts.batch_size
     r = resume or {"epoch": 0, "start": 0, "perm": None, "stats": None, "step": 0, "epoch_elbo": []}
     stats, step, perm, first = _stats_from(r["stats"], device), r["step"], r["perm"], r["start"]
@@ -97,9 +116,12 @@ def minibatch_phase(
             perm, epoch_elbo, first = torch.randperm(N, generator=generator), [], 0
         for start in range(first, N - M + 1, M):
             idx = perm[start : start + M].sort().values
+            if shard is not None:
+                idx = shard.local_rows(idx)
             x = data[:, idx].to(device=device, dtype=dtype) - shift.to(dtype).unsqueeze(1)
             params_c = params.map(lambda t: t.to(dtype))
-            batch_stats = e_step(params_c, x)[0].scale(N / M)
+            local = e_step(params_c, x)[0] if len(idx) else _zero_stats(params_c, B, D)
+            batch_stats = reduce_stats(local, shard).scale(N / M)
             rho = (step + opts.tau) ** (-opts.kappa)
             stats = batch_stats if stats is None else stats.blend(batch_stats, rho)
             params = m_step(stats, base_c, spec.prior, params)
@@ -113,6 +135,14 @@ def minibatch_phase(
         if tracker.change is not None and bool((tracker.change < 10 * opts.tol).all()):
             break
     return params, step
+
+
+def _zero_stats(params: VariationalParams, B: int, D: int) -> Stats:
+    """Statistics of no points (a rank that holds none of a minibatch)."""
+    K, dev = params.mean.shape[1], params.mean.device
+    s2 = (B, K, D, D) if params.covariance == "full" else (B, K, D)
+    z = dict(dtype=torch.float64, device=dev)
+    return Stats(torch.zeros(B, K, **z), torch.zeros(B, K, D, **z), torch.zeros(s2, **z), torch.zeros(B, **z))
 
 
 def _mb_state(state: dict, epoch_elbo: list[Tensor]) -> dict:
@@ -154,13 +184,14 @@ def _fresh_full_state(B: int, K: int, device) -> dict:
 
 
 def full_batch_phase(
-    data, shift, params, base_c, spec, opts, passes, chunk, device, dtype, tracker, bar, on_step, resume
-):
+    data, shift, params, base_c, spec, opts, passes, chunk, device, dtype, tracker, bar, on_step, resume,
+    shard=None,
+):  # fmt: skip
     """Coordinate ascent with merge checks, fit by fit: a fit that has converged (small ELBO change
     and no merge left that raises its ELBO) drops out of the computation while the others go on.
 
     Returns ``(params, elbo (B,), counts (B, K), converged (B,), steps, n_merges, last_change)``."""
-    B, N = data.shape[0], data.shape[1]
+    B, N = data.shape[0], (data.shape[1] if shard is None else shard.total)
     s = _fresh_full_state(B, spec.truncation, device) if resume is None else dict(resume)
     active, want_check, rounds, last = s["active"], s["want_check"], s["rounds"], s["last"]
     elbo, counts = s["elbo"].to(device), s["counts"].to(device)
@@ -177,9 +208,9 @@ def full_batch_phase(
         if bool(check.any()):
             pairs, valid = candidate_pairs(p_sub, counts if fits is None else counts[fits])
             valid = valid & check.to(valid.device).unsqueeze(-1)  # merge only the fits that are due
-            stats, comp, pair = full_pass(data, s_sub, p_sub, chunk, device, dtype, pairs, fits)
+            stats, comp, pair = full_pass(data, s_sub, p_sub, chunk, device, dtype, pairs, fits, shard)
         else:
-            stats = full_pass(data, s_sub, p_sub, chunk, device, dtype, fits=fits)
+            stats = full_pass(data, s_sub, p_sub, chunk, device, dtype, fits=fits, shard=shard)
         new, new_elbo = _m_step_sorted(stats, p_sub, b_sub, spec, opts.sort_components)
         merged = torch.zeros(len(act), dtype=torch.bool)
         if bool(check.any()):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 
 import torch
 from torch import Tensor
@@ -10,9 +10,9 @@ from torch import Tensor
 from ..models.dpgmm import ModelSpec
 from ..models.family import VariationalParams, expected_log_weights, quadratic_plan
 from .merge import xlogx
-from .updates import e_step
+from .updates import Stats, e_step
 
-__all__ = ["ConvergenceWarning", "FitResult", "full_pass", "auto_chunk_size"]
+__all__ = ["ConvergenceWarning", "FitResult", "full_pass", "reduce_stats", "auto_chunk_size"]
 
 
 class ConvergenceWarning(UserWarning):
@@ -57,13 +57,16 @@ def full_pass(
     dtype: torch.dtype,
     pairs: Tensor | None = None,
     fits: Tensor | None = None,
+    shard=None,
 ):
     """Statistics of all of ``data (B, N, D)`` (any device), centred at ``shift (B, D)``.
 
     With ``pairs (B, P, 2)`` also returns ``sum_n r log r`` per component ``(B, K)`` and
     ``sum_n (r_j + r_k) log(r_j + r_k)`` per pair ``(B, P)`` (for merge moves):
     ``(stats, comp_xlogx, pair_xlogx)``. ``fits`` restricts the pass to those fits (``shift`` and
-    ``params`` must already be restricted).
+    ``params`` must already be restricted). With ``shard`` (a :class:`~dpmodels.distributed.Shard`
+    with a group), ``data`` is this rank's shard and everything returned is summed over all ranks:
+    one all-reduce of ``B K D^2``-sized statistics, independent of the number of points.
     """
     cpu_fits = None if fits is None else fits.cpu()
     params_c = params.map(lambda t: t.to(device=device, dtype=dtype))
@@ -85,6 +88,20 @@ def full_pass(
                 idx = pairs.unsqueeze(1).expand(-1, r.shape[1], -1, -1)  # (B, m, P, 2)
                 both = torch.gather(r, 2, idx[..., 0]) + torch.gather(r, 2, idx[..., 1])  # (B, m, P)
                 pair = pair + xlogx(both).sum(1)
+    if shard is not None and shard.group is not None:
+        if pairs is None:
+            return reduce_stats(total, shard)
+        comp = torch.as_tensor(comp, dtype=torch.float64, device=device).expand(total.count.shape)
+        pair = torch.as_tensor(pair, dtype=torch.float64, device=device).expand(pairs.shape[:2])
+        *parts, comp, pair = shard.sum(*astuple(total), comp, pair)
+        return Stats(*parts), comp, pair
     if pairs is None:
         return total
     return total, comp, pair
+
+
+def reduce_stats(stats: Stats, shard) -> Stats:
+    """``stats`` summed over the ranks of ``shard``'s group (itself without one)."""
+    if shard is None or shard.group is None:
+        return stats
+    return Stats(*shard.sum(*astuple(stats)))

@@ -33,9 +33,10 @@ class AffineScaling:
     scale: Tensor
 
     @classmethod
-    def from_source(cls, source: PointSource) -> AffineScaling:
-        """Data mean and root-mean variance (1 where every feature is constant), one chunked pass."""
-        mean, var = source.moments("diag")  # float64 (B, D), (B, D)
+    def from_source(cls, source: PointSource, group=None) -> AffineScaling:
+        """Data mean and root-mean variance (1 where every feature is constant), one chunked pass
+        (over the points of all ranks of ``group``, a :class:`~dpmodels.distributed.DataParallel`)."""
+        mean, var = source.moments("diag", group=group)  # float64 (B, D), (B, D)
         rms = var.clamp_min(0.0).mean(-1).sqrt()  # (B,)
         return cls(mean, torch.where(rms > 0, rms, torch.ones_like(rms)))
 
@@ -129,10 +130,13 @@ class StandardizedSource(PointSource):
         return self._scaling.apply(chunk, self.dtype, fits)
 
 
-def standardize(source: PointSource, dtype: torch.dtype = torch.float32) -> tuple[PointSource, AffineScaling]:
+def standardize(
+    source: PointSource, dtype: torch.dtype = torch.float32, group=None
+) -> tuple[PointSource, AffineScaling]:
     """``(z source, scaling)``: in-memory data become one ``z`` tensor (built chunk by chunk),
-    file-backed data a view that standardises each chunk it reads."""
-    scaling = AffineScaling.from_source(source)
+    file-backed data a view that standardises each chunk it reads. With ``group`` the centre and
+    scale are those of all ranks' points together."""
+    scaling = AffineScaling.from_source(source, group)
     raw = PointSource(source)
     if source._mapping is not None:
         return StandardizedSource(raw, scaling, dtype), scaling

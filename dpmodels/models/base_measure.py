@@ -75,6 +75,7 @@ def empirical_base_measure(
     scale: Tensor | float | None = None,
     reg_covar: float = 1e-6,
     singular_ridge: float = 1e-3,
+    group=None,
 ) -> BaseMeasure:
     """Empirical-Bayes hyperparameters from ``data`` of shape ``(B, N, D)`` (or ``(N, D)``), a
     tensor, array or :class:`~dpmodels.data.PointSource` (read in chunks). Returned on the CPU.
@@ -83,6 +84,8 @@ def empirical_base_measure(
     data-driven default; scalars broadcast. ``scale`` is ``Psi`` (a covariance-like matrix).
     When the empirical covariance is singular (see :func:`singular_fits`), the default ``Psi``
     carries a ridge of ``singular_ridge`` times its mean variance instead of ``reg_covar``.
+    With ``group`` (a :class:`~dpmodels.distributed.DataParallel`) the moments are those of all
+    ranks' points together.
     """
     if covariance not in COVARIANCE_TYPES:
         raise ValueError(
@@ -91,7 +94,7 @@ def empirical_base_measure(
         )
     source = data if isinstance(data, PointSource) else PointSource(data)
     B, N, D = source.shape
-    data_mean, emp = source.moments(covariance)  # float64 (B, D), (B, D, D) or (B, D)
+    data_mean, emp = source.moments(covariance, group=group)  # float64 (B, D), (B, D, D) or (B, D)
     if dof is None:
         dof = float(D)
     if dof <= D - 1:
