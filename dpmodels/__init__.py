@@ -24,7 +24,7 @@ _os.environ.setdefault("KMP_BLOCKTIME", "0")
 from .estimator import DPGMM, TruncationWarning, fit_batched  # noqa: E402
 from .infer import ConvergenceWarning, FitResult  # noqa: E402
 from .posterior import MixturePosterior  # noqa: E402
-from .priors import WeightPrior  # noqa: E402
+from .priors import WeightPrior, make_prior  # noqa: E402
 
 __all__ = [
     "DPGMM",
@@ -34,5 +34,6 @@ __all__ = [
     "FitResult",
     "MixturePosterior",
     "WeightPrior",
+    "make_prior",
 ]
 __version__ = "0.1.0"

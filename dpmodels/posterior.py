@@ -15,7 +15,6 @@ from .models.base_measure import BaseMeasure
 from .models.dpgmm import ModelSpec
 from .models.family import (
     VariationalParams,
-    expected_concentration,
     expected_log_weights,
     expected_weights,
     log_predictive_components,
@@ -24,7 +23,6 @@ from .models.family import (
     take_components,
 )
 from .models.guide import assignment_log_probs
-from .priors import log_gamma_sample, log_stick_breaking, log_sticks_from_gammas
 
 __all__ = ["MixturePosterior"]
 
@@ -138,7 +136,7 @@ class MixturePosterior:
     @property
     def concentration(self) -> Tensor:
         """``E[alpha]`` per fit ``(B,)`` (the fixed value when not learned)."""
-        return expected_concentration(self.params, self.spec.prior)
+        return self.spec.prior.expected_concentration(self.params, self.params.mean_precision[:, 0])
 
     # ---- local quantities -------------------------------------------------------------------
     def _as_batch(self, x: Tensor) -> Tensor:
@@ -205,17 +203,7 @@ class MixturePosterior:
             torch.manual_seed(seed)
         p, S = self.params, (num_samples,)
         with torch.no_grad():
-            if p.dirichlet is not None:
-                log_g = log_gamma_sample(p.dirichlet.expand(S + p.dirichlet.shape))
-                log_w = log_g - torch.logsumexp(log_g, -1, keepdim=True)
-            elif p.truncation == 1:
-                log_w = torch.zeros(S + p.mean.shape[:2], dtype=p.mean.dtype, device=p.mean.device)
-            else:
-                log_v, log1m_v = log_sticks_from_gammas(
-                    log_gamma_sample(p.stick_a.expand(S + p.stick_a.shape)),
-                    log_gamma_sample(p.stick_b.expand(S + p.stick_b.shape)),
-                )
-                log_w = log_stick_breaking(log_v, log1m_v)
+            log_w = self.spec.prior.sample_posterior_log_weights(p, S)  # (S, B, K)
             tril = None
             if p.covariance == "full":
                 prec, cov, means, tril = _normal_wishart_draws(p, S, dtype)

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from dpmodels.models import ModelSpec, empirical_base_measure
-from dpmodels.priors import WeightPrior
+from dpmodels.priors import WeightPrior, make_prior
 
 PRIORS = {
     "dp": WeightPrior("dp", 1.0),
     "pitman_yor": WeightPrior("pitman_yor", 1.0, 0.3),
     "finite": WeightPrior("finite", 2.0),
     "dp_learned": WeightPrior("dp", 1.0, learn_concentration=True),
+    "beta_sticks": make_prior("beta_sticks", concentration=1.5, a=0.5),
 }
 
 

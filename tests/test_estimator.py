@@ -27,7 +27,13 @@ def test_recovers_planted_clusters(K, D, seed, cov):
 
 @pytest.mark.parametrize(
     "prior, kwargs",
-    [("dp", {}), ("pitman_yor", {"discount": 0.3}), ("finite", {}), ("dp", {"learn_concentration": True})],
+    [
+        ("dp", {}),
+        ("pitman_yor", {"discount": 0.3}),
+        ("finite", {}),
+        ("dp", {"learn_concentration": True}),
+        ("beta_sticks", {"prior_settings": {"a": 0.5}}),
+    ],
 )
 @pytest.mark.parametrize("cov", ["full", "diag"])
 def test_every_prior_and_covariance_fits(prior, kwargs, cov):
@@ -173,6 +179,11 @@ def test_bad_data_is_a_clear_error(X, match):
         ({"prior": "pitman_yor", "discount": 1.2}, r"discount must lie in \[0, 1\)"),
         ({"engine": "mcmc"}, "engine must be one of"),
         ({"prior": "finite", "learn_concentration": True}, "use engine='pyro'"),
+        ({"prior": "beta_sticks", "learn_concentration": True}, "use engine='pyro'"),
+        ({"prior": "beta_stick"}, "did you mean prior='beta_sticks'"),
+        ({"prior": "dp", "prior_settings": {"a": 0.5}}, "only applies to prior='beta_sticks'"),
+        ({"prior": "beta_sticks", "prior_settings": {"a": 0.0}}, "a must be > 0"),
+        ({"prior_settings": {"b": 2.0}}, "unknown prior setting 'b'"),
         ({"batch_size": 0}, "batch_size must be an integer"),
         ({"n_restarts": 0}, "n_restarts must be an integer"),
         ({"device": "tpu"}, "device must be"),

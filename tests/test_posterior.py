@@ -18,7 +18,15 @@ def fitted():
 
 
 @pytest.mark.parametrize("cov", ["full", "diag"])
-@pytest.mark.parametrize("prior, kwargs", [("dp", {}), ("finite", {}), ("dp", {"learn_concentration": True})])
+@pytest.mark.parametrize(
+    "prior, kwargs",
+    [
+        ("dp", {}),
+        ("finite", {}),
+        ("dp", {"learn_concentration": True}),
+        ("beta_sticks", {"prior_settings": {"a": 0.5}}),
+    ],
+)
 def test_draws_have_the_documented_shapes_and_centre_on_the_posterior_means(cov, prior, kwargs):
     X, _ = PlantedMixture(3, 2, cov, seed=61).sample(1000)
     post = DPGMM(truncation=6, covariance=cov, prior=prior, **kwargs).fit(X).posterior_
@@ -31,7 +39,7 @@ def test_draws_have_the_documented_shapes_and_centre_on_the_posterior_means(cov,
     torch.testing.assert_close(draws["weights"].mean(0), post.weights, atol=0.01, rtol=0)
     active = post.active[0]
     torch.testing.assert_close(draws["means"].mean(0)[0, active], post.means[0, active], atol=0.05, rtol=0)
-    assert ("concentration" in draws) == bool(kwargs)
+    assert ("concentration" in draws) == kwargs.get("learn_concentration", False)
 
 
 def test_canonical_order_and_active_share(fitted):

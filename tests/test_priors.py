@@ -6,10 +6,15 @@ import pytest
 import torch
 
 from dpmodels.priors import (
+    PRIORS,
+    BetaStickBreaking,
+    DirichletProcess,
+    PitmanYor,
     WeightPrior,
     beta_expected_log_weights,
     beta_expected_weights,
     log_stick_breaking,
+    make_prior,
     stick_breaking_weights,
 )
 
@@ -18,6 +23,7 @@ ALL = [
     WeightPrior("dp", 0.1),
     WeightPrior("pitman_yor", 2.0, 0.5),
     WeightPrior("finite", 3.0),
+    make_prior("beta_sticks", concentration=2.0, a=0.5),
 ]
 
 
@@ -93,6 +99,11 @@ def test_pitman_yor_stick_parameters():
         ({"kind": "pitman_yor", "discount": -0.1}, r"discount must lie in \[0, 1\)"),
         ({"kind": "dp", "discount": 0.5}, "only applies to prior='pitman_yor'"),
         ({"concentration_shape": 0.0}, "Gamma hyperprior"),
+        ({"kind": "pitman_yo"}, "did you mean prior='pitman_yor'"),
+        ({"kind": "beta_sticks", "a": -1.0}, "a must be > 0"),
+        ({"kind": "dp", "a": 0.5}, "only applies to prior='beta_sticks'"),
+        ({"kind": "finite", "discount": 0.2}, "set discount=0.0 or choose prior='pitman_yor'"),
+        ({"kind": "dp", "stick": 1.0}, "unknown prior setting 'stick'"),
     ],
 )
 def test_bad_prior_arguments(kwargs, match):
@@ -104,3 +115,46 @@ def test_bad_prior_arguments(kwargs, match):
 def test_bad_truncation(K):
     with pytest.raises(ValueError, match="truncation must be an integer >= 1"):
         WeightPrior().stick_params(K)
+
+
+def test_registry_builds_each_prior_from_its_name():
+    for name, cls in PRIORS.items():
+        prior = make_prior(name)
+        assert type(prior) is cls and prior.kind == name
+        assert WeightPrior(name) == prior  # the old constructor returns the registered class
+    assert isinstance(WeightPrior("pitman_yor", 1.0, 0.25), PitmanYor)
+    assert make_prior("pitman_yor", discount=0.25) == PitmanYor(1.0, 0.25)
+
+
+def test_repr_is_deterministic_and_keeps_the_original_format():
+    # checkpoint fingerprints and data-parallel setting checks compare repr(prior)
+    assert repr(DirichletProcess(2.0)) == (
+        "WeightPrior(kind='dp', concentration=2.0, discount=0.0, learn_concentration=False, "
+        "concentration_shape=1.0, concentration_rate=1.0)"
+    )
+    assert repr(make_prior("beta_sticks", a=0.5)).endswith("concentration_rate=1.0, a=0.5)")
+    assert make_prior("beta_sticks", a=0.5).settings()["a"] == 0.5
+
+
+def test_beta_sticks_with_a_equal_one_is_the_dirichlet_process():
+    dp, two = DirichletProcess(1.7), BetaStickBreaking(1.7, a=1.0)
+    for x, y in zip(dp.stick_params(6), two.stick_params(6), strict=True):
+        torch.testing.assert_close(x, y)
+    counts = torch.tensor([[5.0, 0.0, 3.0, 1.0]], dtype=torch.float64)
+    alpha = torch.tensor([1.7], dtype=torch.float64)
+    for key, value in dp.update(counts, alpha).items():
+        torch.testing.assert_close(value, two.update(counts, alpha)[key])
+
+
+def test_beta_sticks_parameters_and_conjugate_update():
+    prior = make_prior("beta_sticks", concentration=2.0, a=0.5)
+    a, b = prior.stick_params(4)
+    torch.testing.assert_close(a, torch.full((3,), 0.5))
+    torch.testing.assert_close(b, torch.full((3,), 2.0))
+    counts = torch.tensor([[4.0, 1.0, 0.0, 2.0]], dtype=torch.float64)
+    post = prior.update(counts, torch.tensor([2.0], dtype=torch.float64))
+    torch.testing.assert_close(post["stick_a"], torch.tensor([[4.5, 1.5, 0.5]], dtype=torch.float64))
+    torch.testing.assert_close(post["stick_b"], torch.tensor([[5.0, 4.0, 4.0]], dtype=torch.float64))
+    assert "conc_shape" not in post  # a fixed concentration has no q(alpha)
+    assert not make_prior("beta_sticks", learn_concentration=True).closed_form
+    assert make_prior("dp", learn_concentration=True).closed_form

@@ -5,10 +5,12 @@ Normal–Wishart / Normal–Gamma base measure), so its draws are a ground truth
 posterior. One sweep, for ``C`` chains at once in float64:
 
 * ``z_n | theta ~ Categorical(w_k N(x_n | mu_k, Lambda_k^-1))``;
-* sticks ``v_k | z ~ Beta(1 - d + n_k, alpha + k d + n_{>k})`` (DP: ``d = 0``), or
-  ``pi | z ~ Dirichlet(alpha / K + n_k)`` for the finite prior;
+* the weights from the prior's conjugate conditional (:meth:`WeightPrior.sample_conditional
+  <dpmodels.priors.WeightPrior.sample_conditional>`), e.g. sticks ``v_k | z ~ Beta(a_k + n_k,
+  b_k + n_{>k})`` (DP: ``a_k = 1, b_k = alpha``), or ``pi | z ~ Dirichlet(alpha / K + n_k)``;
 * ``(mu_k, Lambda_k) | z``: the conjugate Normal–Wishart (Normal–Gamma) posterior;
-* ``alpha | v ~ Gamma(a + K - 1, b - sum_k log(1 - v_k))`` when learned (DP only).
+* ``alpha | v ~ Gamma(a + K - 1, b - sum_k log(1 - v_k))`` when learned (priors with a conjugate
+  concentration: the DP).
 
 Draws are relabelled per draw to a pivot (Hungarian matching), so component-wise summaries and
 R-hat are meaningful; the label-invariant quantities need no relabelling.
@@ -24,7 +26,7 @@ from tqdm.auto import tqdm
 from .._validation import as_points, check_positive_int
 from ..estimator import DPGMM
 from ..models.base_measure import BaseMeasure, empirical_base_measure
-from ..priors import WeightPrior, log_gamma_sample, log_stick_breaking, log_sticks_from_gammas
+from ..priors import WeightPrior, make_prior
 from ._arviz import az
 from .build import build_inference_data
 from .draws import _component_log_density, match_components, permute_components, single_threaded
@@ -37,11 +39,10 @@ class GibbsKernel:
     set per chain, as in simulation-based calibration); state tensors are ``(C, ...)``."""
 
     def __init__(self, x: Tensor, prior: WeightPrior, base: BaseMeasure, truncation: int):
-        if prior.learn_concentration and prior.kind != "dp":
-            raise ValueError(
-                f"the Gibbs sampler updates a learned concentration only for prior='dp', got {prior.kind!r}; "
-                "fix the concentration (learn_concentration=False) for this prior."
-            )
+        prior.require_closed_form(
+            "the Gibbs sampler updates a learned concentration",
+            "fix the concentration (learn_concentration=False) for this prior.",
+        )
         f64 = torch.float64
         self.x, self.prior, self.K, self.cov = x.to(f64), prior, truncation, base.covariance
         self.m0 = base.mean[0].to(f64)  # (D,)
@@ -60,19 +61,8 @@ class GibbsKernel:
 
     def weights(self, z: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor | None]:
         """``log pi (C, K)`` given ``z``, and ``log(1 - v) (C, K-1)`` for the concentration step."""
-        K, d = self.K, self.prior.discount
-        n = torch.nn.functional.one_hot(z, K).sum(1).to(torch.float64)  # (C, K)
-        if not self.prior.uses_sticks:
-            log_g = log_gamma_sample(alpha.unsqueeze(-1) / K + n)
-            return log_g - torch.logsumexp(log_g, -1, keepdim=True), None
-        if K == 1:
-            return torch.zeros_like(n), None
-        k = torch.arange(1, K, dtype=torch.float64)  # 1-based stick index
-        n_after = n.flip(-1).cumsum(-1).flip(-1)[:, 1:]  # (C, K-1): n_{>k}
-        a = 1.0 - d + n[:, :-1]
-        b = alpha.unsqueeze(-1) + k * d + n_after
-        log_v, log1m_v = log_sticks_from_gammas(log_gamma_sample(a), log_gamma_sample(b))
-        return log_stick_breaking(log_v, log1m_v), log1m_v
+        n = torch.nn.functional.one_hot(z, self.K).sum(1).to(torch.float64)  # (C, K)
+        return self.prior.sample_conditional(n, alpha)
 
     def components(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(means (C, K, D), precisions, covariances)`` from the conjugate posterior given ``z``."""
@@ -110,12 +100,8 @@ class GibbsKernel:
         return means, prec, 1.0 / prec
 
     def concentration(self, log1m_v: Tensor | None, alpha: Tensor) -> Tensor:
-        """``alpha (C,)`` from its Gamma full conditional given the sticks (DP)."""
-        if not self.prior.learn_concentration:
-            return alpha
-        shape = self.prior.concentration_shape + (self.K - 1)
-        rate = self.prior.concentration_rate - (0.0 if log1m_v is None else log1m_v.sum(-1))
-        return torch._standard_gamma(torch.full_like(alpha, shape)) / rate
+        """``alpha (C,)`` from its full conditional given the sticks (unchanged when fixed)."""
+        return self.prior.sample_concentration(log1m_v, alpha, self.K)
 
 
 def _init_assignments(x: Tensor, C: int, K: int, init_components: int, gen: np.random.Generator) -> Tensor:
@@ -188,7 +174,9 @@ def gibbs_sample(
     wp = (
         prior
         if isinstance(prior, WeightPrior)
-        else WeightPrior(prior, concentration, discount, learn_concentration)
+        else make_prior(
+            prior, concentration=concentration, discount=discount, learn_concentration=learn_concentration
+        )
     )
     if base is None:
         base = empirical_base_measure(x, covariance)
@@ -230,9 +218,7 @@ def gibbs_sample(
         index = np.sort(gen.choice(N, max_points, replace=False))
     attrs = {
         "prior": wp.kind,
-        "concentration": float(wp.concentration),
-        "discount": float(wp.discount),
-        "learn_concentration": wp.learn_concentration,
+        **wp.settings(),
         "truncation": K,
         "covariance": base.covariance,
         "active_threshold": active_threshold,

@@ -23,7 +23,8 @@ from .draws import match_components, permute_components
 
 __all__ = ["to_inference_data", "chain_settings", "estimate_bytes"]
 
-_SETTINGS = ("prior", "concentration", "discount", "learn_concentration", "truncation", "covariance")
+# chain settings that may differ between chains; every other one must agree
+_PER_CHAIN = ("engine", "seed", "elbo", "active_threshold")
 
 
 def _as_chain(fit, i: int) -> tuple[MixturePosterior, dict]:
@@ -59,9 +60,7 @@ def chain_settings(post: MixturePosterior) -> dict:
     prior = post.spec.prior
     return {
         "prior": prior.kind,
-        "concentration": float(prior.concentration),
-        "discount": float(prior.discount),
-        "learn_concentration": bool(prior.learn_concentration),
+        **prior.settings(),  # concentration, discount, learn_concentration, ... and the prior's own
         "truncation": int(post.truncation),
         "covariance": post.covariance_type,
         "num_points": int(post.num_points),
@@ -73,7 +72,7 @@ def chain_settings(post: MixturePosterior) -> dict:
 def _check_same(posts: list[MixturePosterior], settings: list[dict]) -> None:
     ref = settings[0]
     for i, s in enumerate(settings[1:], 1):
-        diff = {k: (ref[k], s[k]) for k in (*_SETTINGS, "num_points", "num_features") if ref[k] != s[k]}
+        diff = {k: (ref[k], s.get(k)) for k in ref if k not in _PER_CHAIN and ref[k] != s.get(k)}
         if diff:
             raise ValueError(
                 f"chain {i} differs from chain 0 in {diff} (chain 0 vs chain {i}); chains must be fits "
@@ -187,7 +186,7 @@ def to_inference_data(
         elbo = np.full((C, T), np.nan)
         for c, s in enumerate(settings):
             elbo[c, : len(s["elbo"])] = s["elbo"]
-    attrs = {k: s0[k] for k in (*_SETTINGS, "active_threshold", "num_points")}
+    attrs = {k: v for k, v in s0.items() if k not in ("engine", "seed", "elbo", "num_features")}
     attrs.update(
         engine=s0["engine"],
         seed=seed,

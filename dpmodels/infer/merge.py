@@ -19,7 +19,6 @@ from ..models.family import VariationalParams
 from ..priors import WeightPrior
 from .updates import (
     Stats,
-    _prior_concentration,
     component_elbo_terms,
     component_update,
     elbo_from_stats,
@@ -118,7 +117,7 @@ def _pair_candidate_elbos(
     counts.scatter_add_(2, j.unsqueeze(-1), torch.gather(counts, 2, k.unsqueeze(-1)))
     counts.scatter_(2, k.unsqueeze(-1), torch.zeros_like(counts[..., :1]))
     flat = counts.reshape(B * P, -1)  # fit-major rows: row b * P + p
-    alpha = _prior_concentration(prior, previous, stats.count.clamp_min(0.0)).repeat_interleave(P)
+    alpha = prior.expected_concentration(previous, stats.count[:, 0].clamp_min(0.0)).repeat_interleave(P)
     weights = weight_update(flat.clamp_min(0.0), prior, alpha)
     weight_terms = weight_elbo_terms(flat, weights, prior).reshape(B, P)
     gain = torch.gather(comp_xlogx, 1, j) + torch.gather(comp_xlogx, 1, k) - pair_xlogx  # (B, P)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyro
 import pyro.optim
@@ -96,9 +96,8 @@ def fit_pyro(
     params64, base_c, shift = initial_params(data, spec, generator, opts.init_subsample, device)
     init = params64.map(lambda t: t.to(dtype))
     init.mean = (params64.mean + shift.unsqueeze(1)).to(dtype)
-    if spec.prior.learn_concentration and init.conc_shape is None:
-        init.conc_shape = torch.full((B,), spec.prior.concentration_shape, dtype=dtype, device=device)
-        init.conc_rate = init.conc_shape / spec.prior.concentration
+    if init.conc_shape is None:  # q(alpha) to start from when learned without a closed-form update
+        init = replace(init, **spec.prior.start_concentration(init.mean_precision[:, 0]))
     names = _register(init)
     x = data[:, :].to(device=device, dtype=dtype)  # tensor or PointSource: the whole (small) data
     spec_c = ModelSpec(spec.prior, spec.base.to(dtype=dtype, device=device), spec.truncation)
@@ -148,7 +147,7 @@ def _finish(data, spec, fitted, base_c, shift, history, converged, start_time, d
         stats = full_pass(data, shift, centred, chunk, device, dtype)
         elbo = (
             elbo_from_stats(stats, centred, base_c, spec.prior)
-            if _closed_form(spec)
+            if spec.prior.closed_form
             else torch.full((B,), float("nan"), dtype=torch.float64)
         )
     hist = torch.tensor(history, dtype=torch.float64).unsqueeze(-1).expand(-1, B)
@@ -164,7 +163,3 @@ def _finish(data, spec, fitted, base_c, shift, history, converged, start_time, d
         fit_seconds=time.perf_counter() - start_time,
         engine="pyro",
     )
-
-
-def _closed_form(spec: ModelSpec) -> bool:
-    return not spec.prior.learn_concentration or spec.prior.kind == "dp"

@@ -22,13 +22,10 @@ from ..models.family import (
     LOG_2PI,
     VariationalParams,
     components_kl_terms,
-    concentration_kl,
-    expected_concentration,
     expected_log_det_precision,
     expected_log_weights,
     quadratic_plan,
     take_components,
-    weights_kl,
 )
 from ..models.guide import assignment_log_probs
 from ..models.quadratic import QuadraticPlan, weighted_scatter
@@ -138,7 +135,7 @@ def m_step(
     """
     params = component_update(stats, base)
     n_k = stats.count.clamp_min(0.0)  # (B, K)
-    weights = weight_update(n_k, prior, _prior_concentration(prior, previous, n_k))
+    weights = weight_update(n_k, prior, prior.expected_concentration(previous, n_k[:, 0]))
     return replace(params, **{k: getattr(weights, k) for k in _WEIGHT_FIELDS})
 
 
@@ -167,32 +164,12 @@ def component_update(stats: Stats, base: BaseMeasure) -> VariationalParams:
 
 def weight_update(n_k: Tensor, prior: WeightPrior, alpha: Tensor) -> VariationalParams:
     """The weight factors (sticks or Dirichlet, and ``q(alpha)`` when learned) from the counts
-    ``n_k (B, K)`` and the concentration ``alpha (B,)`` that the sticks' update uses. The returned
-    parameters carry placeholder component fields (``D = 0``); only the weight fields are meant."""
+    ``n_k (B, K)`` and the concentration ``alpha (B,)`` that the sticks' update uses
+    (:meth:`WeightPrior.update <dpmodels.priors.WeightPrior.update>`). The returned parameters carry
+    placeholder component fields (``D = 0``); only the weight fields are meant."""
     B, K = n_k.shape
     params = VariationalParams("diag", n_k.new_zeros(B, K, 0), torch.ones_like(n_k), torch.ones_like(n_k))
-    if not prior.uses_sticks:
-        params.dirichlet = alpha.unsqueeze(-1) / K + n_k
-        return params
-    if K == 1:
-        params.stick_a = n_k.new_ones(B, 0)
-        params.stick_b = n_k.new_ones(B, 0)
-        return params
-    k = torch.arange(1, K, dtype=n_k.dtype, device=n_k.device)
-    tail = n_k.flip(-1).cumsum(-1).flip(-1)[:, 1:]  # sum_{j > k} N_j, (B, K-1)
-    params.stick_a = (1.0 - prior.discount) + n_k[:, :-1]
-    params.stick_b = alpha.unsqueeze(-1) + k * prior.discount + tail
-    if prior.learn_concentration:
-        e_log_1mv = torch.digamma(params.stick_b) - torch.digamma(params.stick_a + params.stick_b)
-        params.conc_shape = torch.full_like(alpha, prior.concentration_shape + K - 1)
-        params.conc_rate = prior.concentration_rate - e_log_1mv.sum(-1)
-    return params
-
-
-def _prior_concentration(prior: WeightPrior, previous: VariationalParams | None, n_k: Tensor) -> Tensor:
-    if prior.learn_concentration and previous is not None and previous.conc_shape is not None:
-        return expected_concentration(previous, prior).to(n_k)
-    return torch.full_like(n_k[:, 0], prior.concentration)
+    return replace(params, **prior.update(n_k, alpha))
 
 
 def _safe_cholesky(psi: Tensor, psi0: Tensor) -> Tensor:
@@ -238,7 +215,7 @@ def weight_elbo_terms(n_k: Tensor, params: VariationalParams, prior: WeightPrior
     """The weights' share of the ELBO, ``(B,)``: ``sum_k N_k E[log pi_k]`` minus the KL terms of the
     weights and of the concentration."""
     assign_term = (n_k * expected_log_weights(params)).sum(-1)
-    return assign_term - weights_kl(params, prior) - concentration_kl(params, prior)
+    return assign_term - prior.weights_kl(params) - prior.concentration_kl(params)
 
 
 def select_fits(

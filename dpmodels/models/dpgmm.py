@@ -1,9 +1,10 @@
-"""The generative story: a truncated Dirichlet-process (or Pitman–Yor, or finite) Gaussian mixture.
+"""The generative story: a truncated Dirichlet-process (or other weight prior) Gaussian mixture.
 
 For each of ``B`` independent fits (the outer ``fits`` plate)::
 
     alpha      ~ Gamma(shape, rate)                       (only when the concentration is learned)
-    v_k        ~ Beta(1 - d, alpha + k d),  k < K         (DP: d = 0)   or   pi ~ Dirichlet(alpha/K)
+    v_k        ~ Beta(a_k, b_k),  k < K      (stick breaking)   or   pi ~ Dirichlet(alpha/K)
+                 (the weight prior's own sites: WeightPrior.model_sites in dpmodels.priors)
     Lambda_k   ~ Wishart(nu0, Psi0^-1)        (full)      or   lambda_kd ~ Gamma(nu0/2, Psi0_d/2)
     mu_k       ~ N(m0, (beta0 Lambda_k)^-1)
     z_n        ~ Categorical(pi)              (enumerated, never sampled while fitting)
@@ -26,7 +27,7 @@ import torch
 from pyro.ops.indexing import Vindex
 from torch import Tensor
 
-from ..priors import WeightPrior, log_stick_breaking
+from ..priors import WeightPrior
 from .base_measure import BaseMeasure
 from .distributions import Wishart
 
@@ -50,29 +51,6 @@ class ModelSpec:
     @property
     def batch_size(self) -> int:
         return self.base.mean.shape[0]
-
-
-def _sample_log_weights(spec: ModelSpec) -> Tensor:
-    """Sample the weight sites inside the ``fits`` plate; returns ``log pi`` ``(B, 1, K)``."""
-    prior, K = spec.prior, spec.truncation
-    ref = spec.base.mean
-    alpha = torch.tensor(prior.concentration, dtype=ref.dtype, device=ref.device)
-    if prior.learn_concentration:
-        shape = torch.tensor(prior.concentration_shape, dtype=ref.dtype, device=ref.device)
-        rate = torch.tensor(prior.concentration_rate, dtype=ref.dtype, device=ref.device)
-        alpha = pyro.sample("concentration", dist.Gamma(shape, rate))  # (B, 1)
-    if not prior.uses_sticks:
-        conc = (alpha.unsqueeze(-1) / K) * torch.ones(K, dtype=ref.dtype, device=ref.device)
-        weights = pyro.sample("weights", dist.Dirichlet(conc))  # (B, 1, K)
-        return torch.log(weights.clamp_min(torch.finfo(ref.dtype).tiny))
-    if K == 1:
-        return torch.zeros(ref.shape[:-1] + (1, 1), dtype=ref.dtype, device=ref.device)
-    a, b = prior.stick_params(K, alpha)
-    with pyro.plate("breaks", K - 1, dim=-1):
-        v = pyro.sample("sticks", dist.Beta(a.to(ref), b.to(ref)))  # (B, K-1)
-    tiny = torch.finfo(ref.dtype).tiny
-    log_pi = log_stick_breaking(torch.log(v.clamp_min(tiny)), torch.log1p(-v).clamp_min(-1e30))
-    return log_pi.unsqueeze(-2)  # (B, 1, K)
 
 
 def _sample_components(base: BaseMeasure, K: int) -> tuple[Tensor, Tensor]:
@@ -133,7 +111,7 @@ def dpgmm_model(
         raise ValueError("coupled assignments (edges) need every point: use subsample_size=None.")
     z_infer = {"enumerate": "parallel"} if edges is None else {}
     with pyro.plate("fits", B, dim=-2):
-        log_pi = _sample_log_weights(spec)  # (B, 1, K)
+        log_pi = spec.prior.model_sites(K, spec.base.mean)  # (B, 1, K)
         precision, mean = _sample_components(spec.base, K)
         with pyro.plate("data", N, subsample_size=subsample_size, dim=-1) as idx:
             z = pyro.sample("z", dist.Categorical(logits=log_pi), infer=z_infer)  # (B, N)

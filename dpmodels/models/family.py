@@ -2,7 +2,8 @@
 
 ``q(v or pi) q(alpha) prod_k q(mu_k, Lambda_k) prod_n q(z_n)`` with
 
-* weights: independent ``Beta(stick_a, stick_b)`` sticks (DP, Pitman–Yor) or ``Dirichlet`` (finite);
+* weights: independent ``Beta(stick_a, stick_b)`` sticks (stick-breaking priors) or ``Dirichlet``
+  (finite); their prior-specific math lives on the prior object (:mod:`dpmodels.priors`);
 * concentration (when learned): ``Gamma(conc_shape, conc_rate)``;
 * components: Normal–Wishart ``(mean, mean_precision, dof, Psi = scale_tril scale_tril^T)`` for full
   covariance, or Normal–Gamma ``(mean, mean_precision, dof, Psi)`` with
@@ -28,6 +29,7 @@ from ..priors import (
     beta_expected_weights,
     dirichlet_expected_log_weights,
     dirichlet_expected_weights,
+    gamma_kl,
 )
 from .base_measure import BaseMeasure
 from .quadratic import BLOCK_ELEMENTS, QuadraticPlan, plan_quadratic, second_moments
@@ -100,13 +102,6 @@ def take_components(t: Tensor, order: Tensor) -> Tensor:
     """Reorder the component axis (dim 1) of ``t (B, K, ...)`` per fit by ``order (B, K)``."""
     idx = order.reshape(order.shape + (1,) * (t.dim() - 2)).expand_as(t)
     return torch.gather(t, 1, idx)
-
-
-def expected_concentration(params: VariationalParams, prior: WeightPrior) -> Tensor:
-    """``E[alpha]`` ``(B,)``: the Gamma mean when learned, else the fixed value."""
-    if params.conc_shape is not None:
-        return params.conc_shape / params.conc_rate
-    return torch.full_like(params.mean_precision[:, 0], prior.concentration)
 
 
 def expected_log_weights(params: VariationalParams) -> Tensor:
@@ -228,80 +223,15 @@ def _log_predictive_components(params: VariationalParams, x: Tensor, plan: Quadr
     return torch.cat(parts, 1) if parts else x.new_zeros(B, 0, K)
 
 
-def _log_beta_fn(a: Tensor, b: Tensor) -> Tensor:
-    return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
-
-
-def beta_kl(a: Tensor, b: Tensor, a0: Tensor, b0: Tensor) -> Tensor:
-    """``KL(Beta(a, b) || Beta(a0, b0))`` elementwise."""
-    dg_ab = torch.digamma(a + b)
-    return (
-        _log_beta_fn(a0, b0)
-        - _log_beta_fn(a, b)
-        + (a - a0) * torch.digamma(a)
-        + (b - b0) * torch.digamma(b)
-        + (a0 - a + b0 - b) * dg_ab
-    )
-
-
-def gamma_kl(a: Tensor, b: Tensor, a0: Tensor, b0: Tensor) -> Tensor:
-    """``KL(Gamma(a, b) || Gamma(a0, b0))`` elementwise (shape, rate)."""
-    return (
-        (a - a0) * torch.digamma(a)
-        - torch.lgamma(a)
-        + torch.lgamma(a0)
-        + a0 * (torch.log(b) - torch.log(b0))
-        + a * (b0 - b) / b
-    )
-
-
-def dirichlet_kl(g: Tensor, g0: Tensor) -> Tensor:
-    """``KL(Dirichlet(g) || Dirichlet(g0))`` over the last dim."""
-    g_sum, g0_sum = g.sum(-1), g0.sum(-1)
-    return (
-        torch.lgamma(g_sum)
-        - torch.lgamma(g).sum(-1)
-        - torch.lgamma(g0_sum)
-        + torch.lgamma(g0).sum(-1)
-        + ((g - g0) * (torch.digamma(g) - torch.digamma(g_sum).unsqueeze(-1))).sum(-1)
-    )
-
-
 def weights_kl(params: VariationalParams, prior: WeightPrior) -> Tensor:
-    """``E_q[log q(weights)] - E_q[log p(weights | alpha)]`` summed over components, ``(B,)``.
-
-    With a learned concentration the expectation also runs over ``q(alpha)`` (DP sticks only:
-    ``log p(v | alpha) = log alpha + (alpha - 1) log(1 - v)``).
-    """
-    K = params.truncation
-    if params.dirichlet is not None:
-        if params.conc_shape is not None:
-            raise NotImplementedError("closed-form ELBO for a learned finite-Dirichlet concentration")
-        g0 = prior.dirichlet_params(K).to(params.dirichlet)
-        return dirichlet_kl(params.dirichlet, g0.expand_as(params.dirichlet))
-    a, b = params.stick_a, params.stick_b
-    if params.conc_shape is None:
-        a0, b0 = prior.stick_params(K)
-        return beta_kl(a, b, a0.to(a), b0.to(a)).sum(-1)
-    if prior.kind != "dp":
-        raise NotImplementedError("closed-form ELBO for a learned Pitman–Yor concentration")
-    dg_ab = torch.digamma(a + b)
-    e_log_1mv = torch.digamma(b) - dg_ab  # (B, K-1)
-    e_log_v = torch.digamma(a) - dg_ab
-    neg_entropy = -_log_beta_fn(a, b) + (a - 1) * e_log_v + (b - 1) * e_log_1mv
-    e_alpha = params.conc_shape / params.conc_rate  # (B,)
-    e_log_alpha = torch.digamma(params.conc_shape) - torch.log(params.conc_rate)
-    e_log_prior = e_log_alpha.unsqueeze(-1) + (e_alpha.unsqueeze(-1) - 1) * e_log_1mv
-    return (neg_entropy - e_log_prior).sum(-1)
+    """``E_q[log q(weights)] - E_q[log p(weights | alpha)]`` summed over components, ``(B,)``
+    (:meth:`WeightPrior.weights_kl <dpmodels.priors.WeightPrior.weights_kl>`)."""
+    return prior.weights_kl(params)
 
 
 def concentration_kl(params: VariationalParams, prior: WeightPrior) -> Tensor:
     """``KL(q(alpha) || Gamma hyperprior)`` ``(B,)``; zero when alpha is fixed."""
-    if params.conc_shape is None:
-        return torch.zeros_like(params.mean_precision[:, 0])
-    s0 = torch.full_like(params.conc_shape, prior.concentration_shape)
-    r0 = torch.full_like(params.conc_rate, prior.concentration_rate)
-    return gamma_kl(params.conc_shape, params.conc_rate, s0, r0)
+    return prior.concentration_kl(params)
 
 
 def components_kl(params: VariationalParams, base: BaseMeasure) -> Tensor:

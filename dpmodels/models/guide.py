@@ -47,13 +47,7 @@ def dpgmm_guide(
     B, N, _ = data.shape
     K = spec.truncation
     with pyro.plate("fits", B, dim=-2):
-        if params.conc_shape is not None:
-            pyro.sample("concentration", dist.Gamma(params.conc_shape[:, None], params.conc_rate[:, None]))
-        if params.dirichlet is not None:
-            pyro.sample("weights", dist.Dirichlet(params.dirichlet.unsqueeze(-2)))
-        elif K > 1:
-            with pyro.plate("breaks", K - 1, dim=-1):
-                pyro.sample("sticks", dist.Beta(params.stick_a, params.stick_b))
+        spec.prior.guide_sites(params)  # concentration, sticks or weights
         beta = params.mean_precision
         with pyro.plate("components", K, dim=-1):
             if params.covariance == "full":

@@ -18,7 +18,7 @@ from dpmodels.diagnostics import (
     to_inference_data,
 )
 from dpmodels.models.base_measure import BaseMeasure
-from dpmodels.priors import WeightPrior
+from dpmodels.priors import WeightPrior, make_prior
 
 
 def fixed_base(covariance: str, D: int) -> BaseMeasure:
@@ -88,8 +88,8 @@ def test_gibbs_agrees_with_variational_fit(covariance):
 def test_simulation_based_calibration():
     """Talts et al. (2018): ranks of true statistics among 19 thinned draws are uniform (chi-square
     on 10 bins, 150 replications, each p > 0.001). K = 1 (full and diag: every component parameter
-    is identified), and K = 3 with DP, Pitman–Yor, finite and learned-concentration weight priors
-    on label-invariant statistics. Fixed seeds: deterministic, yet a wrong conditional fails."""
+    is identified), and K = 3 with DP, Pitman–Yor, finite, learned-concentration and two-parameter
+    stick-breaking weight priors on label-invariant statistics. Fixed seeds: deterministic, yet a wrong conditional fails."""
     cases = [
         (WeightPrior("dp"), "full", 2, 1, 5),
         (WeightPrior("dp"), "diag", 2, 1, 5),
@@ -97,6 +97,7 @@ def test_simulation_based_calibration():
         (WeightPrior("pitman_yor", 1.0, 0.3), "diag", 1, 3, 5),
         (WeightPrior("finite", 2.0), "full", 1, 3, 5),
         (WeightPrior("dp", learn_concentration=True), "diag", 1, 3, 40),  # alpha mixes slowly: thin more
+        (make_prior("beta_sticks", concentration=1.5, a=0.5), "diag", 1, 3, 5),
     ]
     for i, (prior, cov, D, K, thin) in enumerate(cases):
         ranks = sbc_ranks(prior, fixed_base(cov, D), K, num_points=15, replications=150, thin=thin, seed=i)

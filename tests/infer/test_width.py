@@ -14,13 +14,14 @@ from dpmodels.infer.result import full_pass
 from dpmodels.infer.updates import e_step, elbo_from_stats, m_step
 from dpmodels.models import ModelSpec, VariationalParams, empirical_base_measure, quadratic
 from dpmodels.models.family import log_predictive_components, quadratic_plan
-from dpmodels.priors import WeightPrior
+from dpmodels.priors import WeightPrior, make_prior
 
 PRIORS = [
     WeightPrior("dp", 1.0),
     WeightPrior("dp", 1.0, 0.0, True),
     WeightPrior("pitman_yor", 1.0, 0.3),
     WeightPrior("finite", 2.0),
+    make_prior("beta_sticks", concentration=1.5, a=0.5),
 ]
 
 

@@ -42,7 +42,7 @@ def test_model_and_guide_run_under_trace_enum_elbo(prior_name, cov):
 
 
 @pytest.mark.parametrize("cov", COVS)
-@pytest.mark.parametrize("prior_name", ["dp", "pitman_yor", "finite", "dp_learned"])
+@pytest.mark.parametrize("prior_name", ["dp", "pitman_yor", "finite", "dp_learned", "beta_sticks"])
 def test_prior_predictive_shapes(prior_name, cov):
     base = empirical_base_measure(two_blobs().float(), cov).to()
     spec = make_spec(two_blobs().float(), PRIORS[prior_name], cov, 6)
