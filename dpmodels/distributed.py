@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 
 import torch
@@ -49,8 +50,11 @@ class CollectiveError(RuntimeError):
 class DataParallel:
     """The default process group seen as a data-parallel group, with a payload counter.
 
-    ``bytes_reduced`` counts the bytes every rank contributes to all-reduces (the statistics),
-    ``bytes_gathered`` those it contributes to all-gathers (subsamples, checks); both start at 0.
+    ``bytes_reduced`` counts the bytes every rank contributes to all-reduces (the statistics) and
+    ``largest_reduce`` the largest single one, ``reduce_calls`` their number, ``bytes_gathered``
+    the bytes it contributes to all-gathers and broadcasts (subsamples, checks), and
+    ``seconds_communicating`` the wall time spent inside collectives (waiting for slower ranks
+    included); all start at 0.
     """
 
     def __init__(self, device: torch.device | str = "cpu"):
@@ -80,11 +84,12 @@ class DataParallel:
             self.comm_device = torch.device("cuda", index)
         else:
             self.comm_device = torch.device("cpu")
-        self.bytes_reduced = 0
-        self.bytes_gathered = 0
+        self.bytes_reduced = self.largest_reduce = self.reduce_calls = self.bytes_gathered = 0
+        self.seconds_communicating = 0.0
 
     # ---- collectives ---------------------------------------------------------------------------
     def _run(self, name: str, fn, *args, **kwargs):
+        start = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         except RuntimeError as err:  # gloo/NCCL timeouts, a peer that crashed or closed the connection
@@ -94,6 +99,8 @@ class DataParallel:
                 "the fit with its shard (see that rank's own error), and the timeout is set by "
                 "init_process_group(timeout=...)."
             ) from err
+        finally:
+            self.seconds_communicating += time.perf_counter() - start
 
     def all_reduce(self, *tensors: Tensor, op: str = "sum") -> list[Tensor]:
         """Element-wise sum (or ``"min"``/``"max"``) over ranks of each tensor, in one message per dtype;
@@ -106,7 +113,10 @@ class DataParallel:
         for idx in by_dtype.values():
             flat = torch.cat([tensors[i].reshape(-1).to(self.comm_device) for i in idx])
             self._run("all_reduce", self._dist.all_reduce, flat, op=ops[op])
-            self.bytes_reduced += flat.numel() * flat.element_size()
+            size = flat.numel() * flat.element_size()
+            self.bytes_reduced += size
+            self.largest_reduce = max(self.largest_reduce, size)
+            self.reduce_calls += 1
             offset = 0
             for i in idx:
                 t = tensors[i]
@@ -120,6 +130,30 @@ class DataParallel:
         self._run("all_gather_object", self._dist.all_gather_object, out, obj)
         self.bytes_gathered += len(_pickle(obj))
         return out
+
+    def gather_object(self, obj, dst: int = 0):
+        """Every rank's ``obj`` in rank order on rank ``dst``; ``None`` on the others."""
+        out = [None] * self.world_size if self.rank == dst else None
+        self._run("gather_object", self._dist.gather_object, obj, out, dst=dst)
+        self.bytes_gathered += len(_pickle(obj))
+        return out
+
+    def from_rank0(self, fn, what: str, share: bool = True):
+        """Rank 0 runs ``fn()``; every rank gets its value (``share=False``: rank 0 keeps it, the others
+        get ``None``), or raises: rank 0 its own exception, the others a :class:`ShardError` carrying
+        its message (so no rank waits for an answer that will not come)."""
+        outcome, value = None, None
+        if self.rank == 0:
+            try:
+                value = fn()
+                outcome = ("ok", value if share else None)
+            except Exception as err:
+                self.broadcast_object(("error", f"{type(err).__name__}: {err}"))
+                raise
+        kind, shared = self.broadcast_object(outcome)
+        if kind == "error":
+            raise ShardError(f"{what} failed on rank 0: {shared}")
+        return value if self.rank == 0 else shared
 
     def broadcast_object(self, obj, src: int = 0):
         """Rank ``src``'s ``obj`` on every rank."""

@@ -23,7 +23,16 @@ from dpmodels.analysis.network import check_layers
 from dpmodels.spatial import SpatialDPGMM
 
 from .builders import dataset_from_config, dpgmm_kwargs
-from .common import guard_argv, job, mark_done, mark_started, output_dir, should_run
+from .common import (
+    guard_argv,
+    job,
+    mark_done,
+    mark_started,
+    output_dir,
+    should_run,
+    start_process_group,
+    stop_process_group,
+)
 from .schema import register
 
 matplotlib.use("Agg")  # an entry point writes figure files; the library never picks a backend
@@ -32,9 +41,19 @@ logging.getLogger("arviz.preview").setLevel(logging.WARNING)  # its import notes
 register()
 
 
-def run(cfg: DictConfig) -> dict | None:
+def run(cfg: DictConfig, group=None) -> dict | None:
+    """The job; with ``group`` (launched by ``torchrun``) every rank runs it data-parallel and only
+    rank 0 reads and writes the run directory (``group.run_dir`` holds rank 0's)."""
     out_dir = output_dir()
-    if not should_run(out_dir, cfg, cfg.overwrite):
+    if group is not None:  # rank 0's run directory and decision, for every rank
+        out_dir = Path(group.from_rank0(lambda: str(out_dir), "the run directory"))
+        group.run_dir = out_dir
+    go = (
+        should_run(out_dir, cfg, cfg.overwrite)
+        if group is None
+        else group.from_rank0(lambda: should_run(out_dir, cfg, cfg.overwrite), "the run-directory check")
+    )
+    if not go:
         return None
     fit_kwargs = dpgmm_kwargs(cfg.prior, cfg.infer)
     DPGMM(**fit_kwargs, device=cfg.device)  # validates the prior/inference settings before any work
@@ -46,34 +65,45 @@ def run(cfg: DictConfig) -> dict | None:
     )
     net = OmegaConf.to_container(cfg.net, resolve=True)
     check_layers(net["name"], cfg.layers.names, in_channels=images.channels, widths=net["widths"])
-    staging = mark_started(out_dir, cfg)  # results are written here, published by mark_done
+    if group is None:
+        staging = mark_started(out_dir, cfg)  # results are written here, published by mark_done
+    else:
+        staging = Path(
+            group.from_rank0(lambda: str(mark_started(out_dir, cfg)), "claiming the run directory")
+        )
     name = net.pop("name")
-    model, net_info = obtain_network(
-        name,
-        in_channels=images.channels,
-        cache_dir=cfg.cache_dir,
-        device=cfg.device,
-        progress=cfg.infer.progress,
-        **net,
-    )
-    metrics = _analyze(cfg, images, model, staging, net_info)
+
+    def network(**settings):  # rank 0 first (it may train and cache the network), then the others
+        if group is None:
+            return obtain_network(name, in_channels=images.channels, cache_dir=cfg.cache_dir, **settings)
+        first = group.from_rank0(
+            lambda: obtain_network(name, in_channels=images.channels, cache_dir=cfg.cache_dir, **settings),
+            "obtaining the network",
+            share=False,
+        )
+        if group.rank == 0:
+            return first
+        return obtain_network(name, in_channels=images.channels, cache_dir=cfg.cache_dir, **settings)
+
+    model, net_info = network(device=cfg.device, progress=cfg.infer.progress, **net)
+    metrics = _analyze(cfg, images, model, staging, net_info, group)
     if cfg.control:  # the same architecture with random weights: what learning adds
         net.update(weights=None, train=False)
-        control, control_info = obtain_network(
-            name, in_channels=images.channels, cache_dir=cfg.cache_dir, device=cfg.device, **net
-        )
+        control, control_info = network(device=cfg.device, **net)
         log.info("control: %s with random weights, into control/", name)
-        control_metrics = _analyze(cfg, images, control, staging / "control", control_info)
-        if cfg.viz.enabled:
+        control_metrics = _analyze(cfg, images, control, staging / "control", control_info, group)
+        if cfg.viz.enabled and metrics is not None:
             paper_figure(
                 staging, images, {"trained": metrics, "random weights": control_metrics}, cfg.viz.dpi
             )
+    if metrics is None:  # a rank other than 0: its share is done, rank 0 publishes
+        return None
     mark_done(out_dir, cfg, {"layers": list(metrics["layers"])})
     log.info("results in %s (summary.md, metrics.json, figures/)", out_dir)
     return metrics
 
 
-def _analyze(cfg: DictConfig, images, model, out_dir: Path, net_info: dict) -> dict:
+def _analyze(cfg: DictConfig, images, model, out_dir: Path, net_info: dict, group=None) -> dict | None:
     layers = OmegaConf.to_container(cfg.layers, resolve=True)
     return analyze(
         images,
@@ -93,6 +123,7 @@ def _analyze(cfg: DictConfig, images, model, out_dir: Path, net_info: dict) -> d
         seed=cfg.seed,
         device=cfg.device,
         progress=cfg.infer.progress,
+        group=group,
     )
 
 
@@ -115,8 +146,14 @@ def paper_figure(run_dir: Path, images, networks: dict[str, dict], dpi: int = 11
 @guard_argv
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
-    with job(cfg):  # one line per user error, schema check, threads, run-directory lock
-        run(cfg)
+    """``python -m experiments.analyze ...``, or ``torchrun --nproc_per_node=N -m experiments.analyze ...``
+    for a data-parallel job (rank 0 writes the run directory)."""
+    group = start_process_group(cfg.device)
+    try:
+        with job(cfg, lock=group is None or group.rank == 0):  # user errors, schema, threads, lock
+            run(cfg, group)
+    finally:
+        stop_process_group(group, output_dir(), getattr(group, "run_dir", None))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python -m experiments.benchmark                   # quick cases
     python -m experiments.benchmark preset=full_cov   # one of the presets in conf/preset/
     python -m experiments.benchmark preset=width      # D = 32..512 against scikit-learn (experiments/bench/width.py)
+    python -m experiments.benchmark preset=scaling    # 1 and 2 data-parallel processes (experiments/bench/scaling.py)
     python -m experiments.benchmark device=cuda 'cases=[{name:big,n_points:200000,methods:[natural]}]'
 
 Prints a table and writes ``benchmark.csv`` and ``benchmark.json`` into the Hydra run directory.
@@ -35,7 +36,9 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> list[dict]:
     settings = OmegaConf.to_object(cfg)
     if not isinstance(settings, BenchmarkSettings):
         raise TypeError(f"expected a config built on benchmark_schema, got {type(settings).__name__}.")
-    if not settings.cases and not settings.extraction.enabled and not settings.width.enabled:
+    if not (
+        settings.cases or settings.extraction.enabled or settings.width.enabled or settings.scaling.enabled
+    ):
         raise ValueError("no cases to run; choose a preset (preset=quick) or pass cases=[{name:...}].")
     if settings.extraction.enabled:
         extraction_rows = bench_extraction.run(
@@ -53,6 +56,12 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> list[dict]:
         width_rows = width.run(settings, output_dir)
         if not settings.cases:
             return width_rows
+    if settings.scaling.enabled:
+        from experiments.bench import scaling
+
+        scaling_rows = scaling.run(settings, output_dir)
+        if not settings.cases:
+            return scaling_rows
     rows = run_benchmark(settings)
     print(format_table(rows))
     csv_path, json_path = write_results(rows, output_dir, settings)

@@ -385,6 +385,70 @@ def job(cfg: DictConfig, out_dir: Path | None = None, lock: bool = True):
             yield threads
 
 
+def start_process_group(device: str):
+    """The data-parallel group of a job launched by ``torchrun`` (or SLURM with the same
+    environment: ``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``/``MASTER_PORT``): the default process group,
+    initialised here if needed (``gloo`` for ``device=cpu``, ``nccl`` for CUDA with each rank on GPU
+    ``LOCAL_RANK``; timeout ``DPMODELS_DIST_TIMEOUT`` seconds, default 1800), as a
+    :class:`~dpmodels.distributed.DataParallel`. ``None`` for a plain single-process run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    from dpmodels.distributed import DataParallel
+
+    if not dist.is_initialized():
+        cuda = str(device).startswith("cuda")
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        timeout = float(os.environ.get("DPMODELS_DIST_TIMEOUT", "1800"))
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
+    group = DataParallel(device)
+    if group.rank != 0:  # every rank logs; say which one wrote a line
+        tag = _RankTag(group.rank)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(tag)
+    log.info("data-parallel: rank %d of %d (%s)", group.rank, group.world_size, group.backend)
+    return group
+
+
+class _RankTag(logging.Filter):
+    def __init__(self, rank: int):
+        super().__init__()
+        self.prefix = f"[rank {rank}] "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            record.msg = self.prefix + str(record.msg)
+        return True
+
+
+def stop_process_group(group, out_dir: Path, shared_dir: Path | None) -> None:
+    """Leave the process group. A rank other than 0 whose Hydra picked another run directory than
+    rank 0's (time stamps a second apart) moves its log into rank 0's as ``rank<r>.<name>.log`` and
+    removes its own directory when nothing else is in it."""
+    if group is None:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if (
+        group.rank == 0
+        or shared_dir is None
+        or not out_dir.is_dir()
+        or out_dir.resolve() == shared_dir.resolve()
+    ):
+        return
+    with contextlib.suppress(OSError):
+        for path in out_dir.glob("*.log"):
+            shutil.move(str(path), str(shared_dir / f"rank{group.rank}.{path.name}"))
+        out_dir.rmdir()  # kept when it holds anything else (an error.txt of this rank, say)
+
+
 def guard_argv(main):
     """Check the command line before Hydra parses it: Hydra's grammar rejects unquoted non-ASCII
     values with a lexer trace; say how to quote them instead."""

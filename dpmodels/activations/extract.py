@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .._validation import check_device, check_positive_int
 from ..data.images import ImageSet
+from ..distributed import resolve_group
 from ..io import atomic_write_json
 from ..nets.preprocessing import model_preprocessing
 from ._graph import Tap, first_conv_channels, layer_names, model_device, preserve_mode
@@ -74,6 +75,13 @@ class _Sampler:
         self.rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         self.HW, self.k = HW, k
 
+    def skip(self, images: int) -> None:
+        """Advance the stream past ``images`` images (a data-parallel rank that starts later)."""
+        if self.k == self.HW:
+            return
+        for start in range(0, images, 256):
+            self.rng.random((min(256, images - start), self.HW))
+
     def __call__(self, b: int) -> np.ndarray:
         if self.k == self.HW:
             return np.broadcast_to(np.arange(self.HW), (b, self.HW))
@@ -113,6 +121,7 @@ def extract(
     progress: bool = True,
     normalize: tuple[Sequence[float], Sequence[float]] | None = None,
     smooth: int | None = None,
+    distributed=False,
 ) -> dict[str, LayerActivations]:
     """Position vectors of ``layers`` of ``model`` for ``images``: ``{layer: LayerActivations}``.
 
@@ -132,9 +141,31 @@ def extract(
     replaced by its local mean over that window before positions are taken (texture energy, see
     :mod:`dpmodels.activations.smooth`; the geometry's receptive field grows by
     ``(smooth - 1) * stride``); ``None`` for the raw activations.
+
+    ``distributed``: ``"auto"`` or ``True`` inside a ``torch.distributed`` process group (or a
+    :class:`~dpmodels.distributed.DataParallel`) extracts this rank's contiguous share of the images
+    (rank 0 the first): the result is this rank's shard, its ``index`` holding the images' global
+    numbers, its positions the ones a single process would take from those images, and a fitted
+    transform is fitted on the moments of all ranks' points (the same on every rank). With
+    ``store``, each rank writes its shard to ``store/rank<r>`` (the usual store format, the manifest
+    naming the shard). ``False`` (the default): all images, this process alone.
     """
     x, names = as_images(images)
     I, C, H, W = x.shape
+    group = resolve_group(distributed, device)
+    lo, hi = 0, I
+    if group is not None:  # this rank's contiguous share of the images
+        lo, hi = group.rank * I // group.world_size, (group.rank + 1) * I // group.world_size
+        error = None
+        if I < group.world_size:
+            error = ValueError(
+                f"{I} image(s) cannot be shared by {group.world_size} ranks; use at least one image per rank "
+                "or launch fewer processes."
+            )
+        group.check(
+            error, "extract", images=I, shape=[C, H, W], layers=None if layers is None else list(layers)
+        )
+        x = x[lo:hi]
     batch_size = check_positive_int(batch_size, "batch_size", "e.g. batch_size=64")
     dev = check_device(device)
     smooth = check_smooth(smooth)
@@ -187,6 +218,8 @@ def extract(
     fitting = standardize or pca_dim is not None
     stems = safe_stems(layers)
     directory = None if store is None else Path(store)
+    if directory is not None and group is not None:
+        directory = directory / f"rank{group.rank}"
     if directory is not None:
         _prepare_store(directory, stems, overwrite)
 
@@ -195,7 +228,8 @@ def extract(
         Cl, Hl, Wl = info.shape
         k = Hl * Wl if positions_per_image is None else min(positions_per_image, Hl * Wl)
         samplers[n] = _Sampler(n, seed, Hl * Wl, k)
-        N = I * k
+        samplers[n].skip(lo)
+        N = (hi - lo) * k
         D = transforms[n].out_features if transforms is not None else Cl
         if directory is None:
             sinks[n] = (torch.empty(N, D), torch.empty(N, 3, dtype=torch.long), [0])
@@ -212,9 +246,9 @@ def extract(
     with preserve_mode(model):
         model.eval()
         tap = Tap(model, layers, mode, layouts={n: info.layout for n, info in infos.items()})
-        bar = tqdm(total=I, desc="extract", unit="img", disable=not progress)
+        bar = tqdm(total=hi - lo, desc="extract", unit="img", disable=not progress)
         with torch.no_grad():
-            for i0 in range(0, I, batch_size):
+            for i0 in range(0, hi - lo, batch_size):
                 xb = x[i0 : i0 + batch_size].to(dev)  # (b, C, H, W)
                 if normalize is not None:
                     xb = (xb - x_norm[0].to(dev)) / x_norm[1].to(dev)
@@ -227,7 +261,7 @@ def extract(
                     flat = o.float().permute(0, 2, 3, 1).reshape(b, Hl * Wl, Cl).cpu()  # (b, H_l W_l, C)
                     sel = torch.from_numpy(np.array(samplers[n](b), dtype=np.int64))  # writable copy  (b, k)
                     pts = torch.gather(flat, 1, sel[..., None].expand(-1, -1, Cl)).reshape(-1, Cl)  # (b k, C)
-                    img = torch.arange(i0, i0 + b).repeat_interleave(sel.shape[1])  # (b k,)
+                    img = torch.arange(lo + i0, lo + i0 + b).repeat_interleave(sel.shape[1])  # (b k,)
                     idx = torch.stack([img, (sel // Wl).reshape(-1), (sel % Wl).reshape(-1)], 1)  # (b k, 3)
                     if fitting:
                         moments[n].update(pts)
@@ -249,7 +283,8 @@ def extract(
         notes: dict = {}
         transform = None if transforms is None else transforms[n]
         if fitting:
-            transform, notes = fit_transform(moments[n], standardize, pca_dim, n)
+            merged = moments[n] if group is None else moments[n].merged(group)
+            transform, notes = fit_transform(merged, standardize, pca_dim, n)
         points, index, cursor = sinks[n]
         if cursor is None:
             points.close()
@@ -266,6 +301,7 @@ def extract(
             "model": type(model).__name__, "tap": mode, "store": None if directory is None else str(directory),
             "smooth": smooth, "unsmoothed_receptive_field": list(info.geometry.receptive_field),
             "layout": info.layout.kind, "normalize": None if normalize is None else [list(map(float, v)) for v in normalize],
+            **({} if group is None else {"shard": {"rank": group.rank, "world_size": group.world_size, "images": [lo, hi]}}),
             **notes,
         }  # fmt: skip
         geometry = smooth_geometry(info.geometry, smooth)
@@ -276,7 +312,12 @@ def extract(
             atomic_write_json(directory / f"{stems[n]}.json", layer_record(acts, stems[n]))
         result[n] = acts
     if directory is not None:
+        shard = (
+            {}
+            if group is None
+            else {"shard": {"rank": group.rank, "world_size": group.world_size, "images": [lo, hi]}}
+        )
         atomic_write_json(
-            directory / MANIFEST, {"layers": stems, "image_names": list(names), "num_images": I}
+            directory / MANIFEST, {"layers": stems, "image_names": list(names), "num_images": I, **shard}
         )
     return result

@@ -73,6 +73,21 @@ class Moments:
         cov = self.outer / self.count - torch.outer(m, m)
         return 0.5 * (cov + cov.T)
 
+    def merged(self, group) -> Moments:
+        """The moments of the points of every rank of ``group`` (a
+        :class:`~dpmodels.distributed.DataParallel`) together, re-centred at rank 0's mean."""
+        shift = self.shift if self.shift is not None else torch.zeros(self.channels, dtype=torch.float64)
+        pivot = self.mean if group.rank == 0 else torch.zeros(self.channels, dtype=torch.float64)
+        (pivot,) = group.all_reduce(pivot)
+        d = shift - pivot  # (C,) this rank's shift relative to the common pivot
+        n = float(self.count)
+        total = self.sum + n * d
+        outer = self.outer + torch.outer(d, self.sum) + torch.outer(self.sum, d) + n * torch.outer(d, d)
+        count, total, outer = group.all_reduce(torch.tensor([n], dtype=torch.float64), total, outer)
+        out = Moments(self.channels)
+        out.count, out.shift, out.sum, out.outer = int(count.item()), pivot, total, outer
+        return out
+
 
 def fit_transform(
     moments: Moments, standardize: bool, pca_dim: int | None, layer: str = "layer"

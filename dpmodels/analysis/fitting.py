@@ -15,17 +15,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..activations.types import LayerActivations
+from ..distributed import Shard
 from ..estimator import DPGMM, fit_batched
 from ..infer.memory import check_memory, estimate_maps_bytes
 
-__all__ = ["LayerFit", "fit_layers", "layer_rng", "split_images", "split_positions"]
+__all__ = ["LayerFit", "fit_layers", "gather_layers", "layer_rng", "split_images", "split_positions"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ def fit_layers(
     maps_draws: int | None = None,
     coupling: float = 0.0,
     coupled_max_iter: int = 100,
+    group=None,
     **dpgmm_kwargs,
 ) -> dict[str, LayerFit]:
     """Fit every layer of ``acts``; keyword arguments are those of :class:`dpmodels.DPGMM`.
@@ -120,7 +122,14 @@ def fit_layers(
     what is available: :class:`~dpmodels.infer.memory.InsufficientMemoryError` if it would not fit.
     With ``coupling > 0`` each layer gets a :class:`~dpmodels.spatial.SpatialDPGMM` (assignments
     coupled to their grid neighbours), fitted on whole images (:func:`split_images`) in a call of
-    its own. Returns the fits in the order of ``acts``."""
+    its own. Returns the fits in the order of ``acts``.
+
+    With ``group`` (a :class:`~dpmodels.distributed.DataParallel`), ``acts`` are this rank's shards
+    (``extract(..., distributed=group)``): the positions are split as one process would split all
+    ranks' positions, each rank reads the chosen positions it holds, every fit is data-parallel
+    (rank 0 writes the checkpoints), the held-out log-likelihood is averaged over all ranks'
+    held-out positions, and ``fit_index``/``heldout_index`` are global (they index the ranks'
+    points concatenated in rank order)."""
     if "checkpoint" in dpgmm_kwargs or "keep_checkpoint" in dpgmm_kwargs:
         raise ValueError(
             "fit_layers names its checkpoint files itself; pass checkpoint_dir=... instead of "
@@ -128,17 +137,24 @@ def fit_layers(
         )
     if not acts:
         raise ValueError("fit_layers needs at least one layer; the layer selection matched nothing.")
-    splits = {}
+    if group is not None and coupling > 0:
+        raise ValueError(
+            "spatially coupled fits (coupling > 0, model=spatial) do not run data-parallel yet: they need "
+            "whole images' neighbourhoods in one process; run them in one process or use coupling=0."
+        )
+    splits, shards = {}, {}
     for name, a in acts.items():
-        if a.num_points < 10:
+        shards[name] = Shard.of(a.num_points, group)
+        total = shards[name].total
+        if total < 10:
             raise ValueError(
-                f"layer {name!r} has only {a.num_points} positions; a mixture needs more data "
+                f"layer {name!r} has only {total} positions; a mixture needs more data "
                 "(use more images or keep every position)."
             )
         if coupling > 0:
             splits[name] = split_images(a.index.numpy(), fit_points, heldout_points, layer_rng(seed, name))
         else:
-            splits[name] = split_positions(a.num_points, fit_points, heldout_points, layer_rng(seed, name))
+            splits[name] = split_positions(total, fit_points, heldout_points, layer_rng(seed, name))
     groups: dict[tuple[int, int], list[str]] = {}  # (N, D) -> layers fitted in one batched call
     for name, a in acts.items():
         key = (len(splits[name][0]), a.num_features)
@@ -147,7 +163,7 @@ def fit_layers(
     fits: dict[str, LayerFit] = {}
     ckpt_paths: list[Path] = []
     for (N, D, *_), names in groups.items():
-        data = [read_points(acts[name], splits[name][0]) for name in names]
+        data = [read_points(acts[name], _local(shards[name], splits[name][0])) for name in names]
         log.info("fitting %d layer(s) with D=%d on %d positions each: %s", len(names), D, N, names)
         start = time.perf_counter()
         if checkpoint_dir is not None:
@@ -164,12 +180,14 @@ def fit_layers(
             )
             models = [spatial.fit(data[0], index)]
         else:
-            models = fit_batched(torch.stack(data), seed=seed, **dpgmm_kwargs)
+            models = fit_batched(torch.stack(data), seed=seed, distributed=group or False, **dpgmm_kwargs)
         seconds = time.perf_counter() - start
         for name, model in zip(names, models, strict=True):
             fit_idx, held_idx = splits[name]
-            held = model.score(read_points(acts[name], held_idx).numpy()) if len(held_idx) else float("nan")
+            held = _heldout_loglik(model, acts[name], shards[name], held_idx)
             fits[name] = LayerFit(name, model, fit_idx, held_idx, float(held), seconds, tuple(names))
+    if group is not None and group.rank != 0:
+        ckpt_paths, checkpoint_dir = [], None  # rank 0 owns the checkpoint files
     for path in ckpt_paths:  # every group has finished: the kept final states are not needed any more
         path.unlink(missing_ok=True)
     if (
@@ -179,6 +197,41 @@ def fit_layers(
     ):
         Path(checkpoint_dir).rmdir()
     return {name: fits[name] for name in acts}
+
+
+def gather_layers(acts: dict[str, LayerActivations], group) -> dict[str, LayerActivations] | None:
+    """Rank 0: every layer with the points and positions of all ranks' shards, concatenated in rank
+    order (what one process extracting every image would hold); the other ranks: ``None``."""
+    out = {}
+    for name, a in acts.items():
+        pts = a.points if isinstance(a.points, torch.Tensor) else torch.from_numpy(np.array(a.points))
+        parts = group.gather_object((pts.float().cpu(), a.index.cpu()))
+        if parts is None:
+            continue
+        meta = {k: v for k, v in a.meta.items() if k != "shard"}
+        if meta.get("store"):
+            meta["store"] = str(Path(meta["store"]).parent)  # the store's root, one rank<r> folder per rank
+        out[name] = replace(
+            a, points=torch.cat([p for p, _ in parts]), index=torch.cat([i for _, i in parts]), meta=meta
+        )
+    return out if group.rank == 0 else None
+
+
+def _local(shard: Shard, index: np.ndarray) -> np.ndarray:
+    """Positions in this rank's points of the sorted global ``index`` (all of it without a group)."""
+    if shard.group is None:
+        return index
+    return shard.local_rows(torch.from_numpy(np.asarray(index, dtype=np.int64))).numpy()
+
+
+def _heldout_loglik(model: DPGMM, acts: LayerActivations, shard: Shard, held_idx: np.ndarray) -> float:
+    """Mean predictive log density over the held-out positions of all ranks (NaN when there are none)."""
+    local = _local(shard, held_idx)
+    total = float(model.score_samples(read_points(acts, local).numpy()).sum()) if len(local) else 0.0
+    if shard.group is not None:
+        (total_t,) = shard.sum(torch.tensor([total], dtype=torch.float64))
+        total = float(total_t.item())
+    return total / len(held_idx) if len(held_idx) else float("nan")
 
 
 def _check_memory(acts, groups, maps_draws, dpgmm_kwargs) -> None:

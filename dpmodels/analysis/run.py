@@ -20,7 +20,7 @@ from ..activations import extract
 from ..data.images import ImageSet
 from ..io import atomic_path, atomic_write_json
 from ..maps import LayerMaps, layer_maps, n_active_draws
-from .fitting import LayerFit, fit_layers, read_points
+from .fitting import LayerFit, fit_layers, gather_layers, read_points
 from .outputs import layer_file, save_images, save_layer_maps
 from .report import write_figures, write_summary
 
@@ -94,7 +94,8 @@ def analyze(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
-) -> dict:
+    group=None,
+) -> dict | None:
     """Analyse ``model``'s ``layers`` on ``images``; returns the metrics written to ``metrics.json``.
 
     ``extraction``: keyword arguments of :func:`dpmodels.activations.extract` (positions_per_image,
@@ -108,7 +109,13 @@ def analyze(
     ``{"enabled": False}``: each layer's components merged into concepts, scored at both levels;
     ``spatial``: ``{"coupling": beta, "coupled_max_iter": n}`` with ``beta > 0`` fits each layer with
     assignments coupled to their grid neighbours (:mod:`dpmodels.spatial`, on whole images) and
-    draws its cluster and entropy maps from the coupled ``q(z)``."""
+    draws its cluster and entropy maps from the coupled ``q(z)``.
+
+    ``group`` (a :class:`~dpmodels.distributed.DataParallel`; every rank calls ``analyze`` with the
+    same images and settings, and the same ``out_dir``, on a file system they share): each rank
+    extracts its share of the images and the fits are data-parallel; then rank 0 gathers the
+    layers' points and does the rest alone (maps, concepts, posteriors, figures, metrics) and
+    returns the metrics, the other ranks return ``None``."""
     from ..diagnostics import save_inference_data, to_inference_data  # ArviZ only when needed
 
     out_dir = Path(out_dir)
@@ -124,6 +131,7 @@ def analyze(
         seed=seed,
         progress=progress,
         store=out_dir / "activations" if on_disk else None,
+        distributed=group or False,
         **extraction,
     )
     timings["extract_seconds"] = time.perf_counter() - t0
@@ -145,8 +153,15 @@ def analyze(
         maps_draws=map_draws,
         **(spatial or {}),
         **(dpgmm or {}),
+        group=group,
     )
     timings["fit_seconds"] = time.perf_counter() - t0
+    if group is not None:  # rank 0 goes on with every rank's points; the others are done
+        t0 = time.perf_counter()
+        acts = gather_layers(acts, group)
+        if acts is None:
+            return None
+        timings["gather_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     all_maps, layer_rows, k_draws, eval_rows = {}, {}, {}, []
@@ -211,6 +226,8 @@ def analyze(
         "timings": timings,
         "seed": seed,
     }
+    if group is not None:
+        metrics["parallel"] = {"world_size": group.world_size, "backend": group.backend}
     save_images(out_dir, images)
     if eval_rows:
         from ..evaluation import evaluation_table

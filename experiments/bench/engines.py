@@ -167,6 +167,28 @@ class WidthSettings:
 
 
 @dataclass
+class ScalingSettings:
+    """The scaling benchmark (``experiments/bench/scaling.py``): one planted data set (``n_points`` in
+    all, ``n_features`` wide, ``n_clusters`` clusters, ``covariance``) fitted with ``truncation``
+    components in each number of data-parallel ``processes`` (``torchrun``, ``backend``; the
+    machine's threads divided among them), compared with the one-process fit. ``quick``: a
+    seconds-long version for tests. ``timeout_s``: the process group's timeout."""
+
+    enabled: bool = False
+    quick: bool = False
+    processes: list[int] = field(default_factory=lambda: [1, 2])
+    n_points: int = 1_000_000
+    n_features: int = 32
+    n_clusters: int = 10
+    truncation: int = 30
+    covariance: str = "full"
+    heldout_points: int = 20_000
+    backend: str = "gloo"
+    timeout_s: float = 600.0
+    seed: int = 0
+
+
+@dataclass
 class BenchmarkSettings:
     """Run-wide settings: torch ``device`` (``"cpu"`` or ``"cuda"``), ``threads`` for torch and the
     BLAS under scikit-learn (``None``: leave as is), held-out set size, a tiny warm-up fit before
@@ -181,6 +203,7 @@ class BenchmarkSettings:
     cases: list[BenchmarkCase] = field(default_factory=list)
     extraction: ExtractionSettings = field(default_factory=lambda: ExtractionSettings())
     width: WidthSettings = field(default_factory=lambda: WidthSettings())
+    scaling: ScalingSettings = field(default_factory=lambda: ScalingSettings())
 
 
 @dataclass

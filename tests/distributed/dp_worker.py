@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from dpmodels import DPGMM, fit_batched
+from dpmodels.activations import extract, load_store
 from dpmodels.distributed import DataParallel, Shard
 from dpmodels.infer import NaturalOptions, fit_natural
 from dpmodels.infer.natural import initial_params
@@ -38,6 +39,20 @@ def planted(seed: int = 0, n: int = N_TOTAL, d: int = 4, k: int = 4) -> tuple[np
     labels = rng.integers(0, k, size=n + 1000)
     x = centres[labels] + rng.normal(size=(n + 1000, d)) * rng.uniform(0.5, 1.5, size=(k, 1))[labels]
     return x[:n].astype(np.float32), x[n:].astype(np.float32)
+
+
+def tiny_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(6, 5, 3, stride=2),
+        torch.nn.ReLU(),
+    )
+
+
+def tiny_images() -> torch.Tensor:
+    return torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))
 
 
 def shard(x: np.ndarray, rank: int) -> np.ndarray:
@@ -115,6 +130,25 @@ def run(name: str, rank: int, out: Path) -> dict:
             full_pass(data, shift, params, 4096, torch.device("cpu"), torch.float32, shard=part)
             sizes[n] = group.bytes_reduced - before
         return {"bytes": sizes}
+    if name == "extract":  # this rank's share of 5 images, PCA fitted on all ranks' moments, to a store
+        model, images = tiny_net(), tiny_images()
+        kw = dict(
+            positions_per_image=20, pca_dim=3, standardize=True, progress=False, seed=7, distributed=True
+        )
+        acts = extract(model, images, store=out / "store", **kw)
+        mem = extract(model, images, **kw)  # the same in memory
+        loaded = load_store(out / "store" / f"rank{rank}")  # each rank's folder is an ordinary store
+        return {
+            name: {
+                "points": np.asarray(a.points),
+                "index": a.index.numpy(),
+                "memory": mem[name].points.numpy(),
+                "num_images": a.num_images,
+                "shard": a.meta["shard"],
+                "loaded": np.asarray(loaded[name].points),
+            }
+            for name, a in acts.items()
+        }
     if name == "different_width":
         data = mine if rank == 0 else np.concatenate([mine, mine[:, :1]], axis=1)
         return {"model": DPGMM(truncation=5).fit(data)}

@@ -26,9 +26,11 @@ from dpmodels.priors import WeightPrior
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from dp_worker import planted  # noqa: E402
+from dp_worker import planted, tiny_images, tiny_net  # noqa: E402
 
-GOOD = ["full", "diag_minibatch", "memmap", "batched", "warm_start", "checkpoint", "payload"]
+from dpmodels.activations import extract  # noqa: E402
+
+GOOD = ["full", "diag_minibatch", "memmap", "batched", "warm_start", "checkpoint", "payload", "extract"]
 BAD = [
     "different_width", "empty_shard", "other_settings", "nan_on_one_rank", "pyro_engine", "batched_other_width",
 ]  # fmt: skip
@@ -80,10 +82,34 @@ def assert_ranks_equal(a: dict, b: dict) -> None:
             assert a[key] == b[key], key
 
 
-@pytest.mark.parametrize("name", GOOD)
+@pytest.mark.parametrize("name", [g for g in GOOD if g != "extract"])
 def test_every_rank_ends_with_the_same_posterior(runs, name):
     r0, r1 = ranks_ok(runs[name])
     assert_ranks_equal(r0, r1)
+
+
+def test_extraction_shards_are_the_single_process_extraction_split_by_image(runs, tmp_path):
+    r0, r1 = ranks_ok(runs["extract"])
+    kw = dict(positions_per_image=20, pca_dim=3, standardize=True, progress=False, seed=7)
+    single = extract(tiny_net(), tiny_images(), **kw)
+    assert set(r0) == set(single)
+    for name, a in single.items():
+        assert r0[name]["shard"] == {"rank": 0, "world_size": 2, "images": [0, 2]}
+        assert r1[name]["shard"] == {"rank": 1, "world_size": 2, "images": [2, 5]}
+        assert r0[name]["num_images"] == r1[name]["num_images"] == 5
+        index = np.concatenate([r0[name]["index"], r1[name]["index"]])
+        assert np.array_equal(index, a.index.numpy())  # the same positions, global image numbers
+        points = np.concatenate([r0[name]["points"], r1[name]["points"]])
+        # PCA from all ranks' moments: the same components, each up to its sign (a sign is fixed by the
+        # largest loading, which round-off can move between two near-equal loadings on data this small)
+        want = a.points.numpy()
+        signs = np.where((points * want).sum(0) < 0, -1.0, 1.0)
+        np.testing.assert_allclose(points * signs, want, atol=1e-4)
+        np.testing.assert_allclose(
+            np.concatenate([r0[name]["memory"], r1[name]["memory"]]), points, atol=1e-6
+        )  # the store holds what memory holds
+        for r in (r0, r1):
+            assert np.array_equal(r[name]["loaded"], r[name]["points"])  # and reads back as a store
 
 
 def test_full_covariance_fit_equals_the_single_process_fit(runs):

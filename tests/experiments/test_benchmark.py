@@ -100,7 +100,7 @@ def test_cli_run_writes_csv_and_json(tmp_path):
 def test_every_preset_composes_to_valid_settings(preset):
     settings = OmegaConf.to_object(compose_benchmark([f"preset={preset}"]))
     assert isinstance(settings, BenchmarkSettings) and (
-        settings.cases or settings.extraction.enabled or settings.width.enabled
+        settings.cases or settings.extraction.enabled or settings.width.enabled or settings.scaling.enabled
     )
     names = [case.name for case in settings.cases]
     assert len(set(names)) == len(names)
