@@ -385,12 +385,36 @@ def job(cfg: DictConfig, out_dir: Path | None = None, lock: bool = True):
             yield threads
 
 
+def torch_env_from_slurm(env: dict) -> dict:
+    """The ``torch.distributed`` variables of one task of a multi-task SLURM step (``srun``, or the
+    submitit launcher with ``hydra.launcher.tasks_per_node=N`` / ``nodes=M``), where they are not set
+    already: ``RANK`` = ``SLURM_PROCID``, ``WORLD_SIZE`` = ``SLURM_NTASKS``, ``LOCAL_RANK`` =
+    ``SLURM_LOCALID``, ``MASTER_ADDR`` = the first host of ``SLURM_JOB_NODELIST`` (plain or
+    ``prefix[a-b,c]`` lists), ``MASTER_PORT`` = 15000 + the job id modulo 20000. Empty outside SLURM
+    or for a single task."""
+    if "WORLD_SIZE" in env or int(env.get("SLURM_NTASKS", "1") or 1) <= 1 or "SLURM_PROCID" not in env:
+        return {}
+    nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "localhost"
+    first = nodes.split(",")[0] if "[" not in nodes.split(",")[0] else nodes
+    if "[" in first:  # prefix[01-04,07] -> prefix01
+        prefix, rest = first.split("[", 1)
+        first = prefix + rest.split(",")[0].split("-")[0].rstrip("]")
+    return {
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": env["SLURM_NTASKS"],
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "MASTER_ADDR": env.get("MASTER_ADDR", first),
+        "MASTER_PORT": env.get("MASTER_PORT", str(15000 + int(env.get("SLURM_JOB_ID", "0") or 0) % 20000)),
+    }
+
+
 def start_process_group(device: str):
-    """The data-parallel group of a job launched by ``torchrun`` (or SLURM with the same
-    environment: ``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``/``MASTER_PORT``): the default process group,
-    initialised here if needed (``gloo`` for ``device=cpu``, ``nccl`` for CUDA with each rank on GPU
-    ``LOCAL_RANK``; timeout ``DPMODELS_DIST_TIMEOUT`` seconds, default 1800), as a
-    :class:`~dpmodels.distributed.DataParallel`. ``None`` for a plain single-process run."""
+    """The data-parallel group of a job launched by ``torchrun`` or as several SLURM tasks
+    (:func:`torch_env_from_slurm`): the default process group, initialised here if needed (``gloo``
+    for ``device=cpu``, ``nccl`` for CUDA with each rank on GPU ``LOCAL_RANK``; timeout
+    ``DPMODELS_DIST_TIMEOUT`` seconds, default 1800), as a :class:`~dpmodels.distributed.DataParallel`.
+    ``None`` for a plain single-process run."""
+    os.environ.update(torch_env_from_slurm(dict(os.environ)))
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from datetime import timedelta

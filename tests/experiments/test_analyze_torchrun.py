@@ -70,3 +70,46 @@ def test_torchrun_main_job_writes_one_run_equal_to_the_single_process_job(tmp_pa
     )
     assert "data-parallel: rank 1 of 2" in parallel.stdout + parallel.stderr
     del single
+
+
+def test_slurm_task_variables_become_torch_distributed_ones():
+    from experiments.common import torch_env_from_slurm
+
+    env = {
+        "SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+        "SLURM_JOB_NODELIST": "gpu[07-08,11]", "SLURM_JOB_ID": "123456",
+    }  # fmt: skip
+    assert torch_env_from_slurm(env) == {
+        "RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu07", "MASTER_PORT": "18456",
+    }  # fmt: skip
+    assert torch_env_from_slurm({**env, "SLURM_JOB_NODELIST": "node5,node6"})["MASTER_ADDR"] == "node5"
+    assert torch_env_from_slurm({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == {}  # one task: no group
+    assert torch_env_from_slurm({**env, "WORLD_SIZE": "8"}) == {}  # torchrun's own variables win
+
+
+@pytest.mark.slow
+def test_two_slurm_like_tasks_run_the_main_job_data_parallel(tmp_path):
+    """Two processes with the variables ``srun --ntasks=2`` sets (no SLURM needed to check the wiring)."""
+    env = {
+        **os.environ, "DPMODELS_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+        "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "localhost", "SLURM_JOB_ID": str(os.getpid()),
+    }  # fmt: skip
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "experiments.analyze", *ARGS, f"hydra.run.dir={tmp_path / 'run'}"]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            env={**env, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for r in (0, 1)
+    ]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["parallel"] == {"world_size": 2, "backend": "gloo"}
+    assert "[rank 1] data-parallel: rank 1 of 2" in outs[1]
