@@ -85,6 +85,7 @@ def dpgmm_kwargs(prior: DictConfig, infer: DictConfig) -> dict:
         "concentration": prior.concentration,
         "discount": prior.discount,
         "learn_concentration": prior.learn_concentration,
+        "prior_settings": OmegaConf.to_container(prior.settings),
         "covariance": infer.covariance,
         "engine": infer.engine,
         "batch_size": infer.batch_size,

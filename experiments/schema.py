@@ -85,12 +85,13 @@ class LayersConf:
 
 @dataclass
 class PriorConf:
-    """Mixing-weight prior (``dpmodels.WeightPrior``)."""
+    """Mixing-weight prior (``dpmodels.priors.make_prior``)."""
 
-    kind: str = "dp"  # dp | pitman_yor | finite
+    kind: str = "dp"  # a name in dpmodels.priors.PRIORS: dp | pitman_yor | finite | beta_sticks
     concentration: float = 1.0  # alpha (the starting value when learned)
     discount: float = 0.0  # Pitman-Yor discount d in [0, 1)
     learn_concentration: bool = False  # Gamma(1, 1) hyperprior on alpha
+    settings: dict[str, float] = field(default_factory=dict)  # the prior's own settings, e.g. {a: 0.5}
     truncation: int = 30  # K, an upper bound on the number of clusters
 
 
@@ -179,10 +180,11 @@ class DemoModelConf:
     """The demo's DPGMM (keyword arguments of ``dpmodels.DPGMM``)."""
 
     truncation: int = 30
-    prior: str = "dp"  # dp | pitman_yor | finite
+    prior: str = "dp"  # a name in dpmodels.priors.PRIORS: dp | pitman_yor | finite | beta_sticks
     concentration: float = 1.0
     discount: float = 0.0
     learn_concentration: bool = False
+    prior_settings: dict[str, float] = field(default_factory=dict)  # the prior's own settings
     covariance: str = "full"  # full | diag
     engine: str = "natural"  # natural | pyro
     batch_size: int | None = None  # null = full batch
