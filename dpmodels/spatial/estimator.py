@@ -48,12 +48,20 @@ class SpatialDPGMM(DPGMM):
             raise ValueError(f"coupled_tol must be > 0 (nats per point), got {coupled_tol!r}; try 1e-5.")
         self.coupled_tol = float(coupled_tol)
 
-    def fit(self, X, index) -> SpatialDPGMM:  # type: ignore[override]
-        """Fit to ``X (N, D)`` whose rows sit at ``index (N, 3)`` = ``(image, y, x)``. Returns ``self``."""
-        self._grid = grid_from_index(index)
-        return super().fit(X)
+    def fit(self, X, index, *, distributed=False) -> SpatialDPGMM:  # type: ignore[override]
+        """Fit to ``X (N, D)`` whose rows sit at ``index (N, 3)`` = ``(image, y, x)``. Returns ``self``.
 
-    def _run(self, data, spec: ModelSpec) -> FitResult:
+        Coupled fits run in one process: ``distributed`` must stay ``False`` (a grid's neighbours
+        would sit on other ranks); inside a process group this fits this process's ``X`` alone."""
+        if distributed not in (False, None):
+            raise ValueError(
+                "spatially coupled fits do not run data-parallel (a position's grid neighbours may sit on "
+                "another rank); fit in one process, or use DPGMM for a data-parallel fit."
+            )
+        self._grid = grid_from_index(index)
+        return super().fit(X, distributed=False)
+
+    def _run(self, data, spec: ModelSpec, group=None) -> FitResult:
         grid: Grid = self._grid
         if grid.num_points != data.shape[1]:
             raise ValueError(
