@@ -60,7 +60,7 @@ class DPGMM:
     mean_precision, dof, scale : base-measure overrides (defaults follow the data; ``scale`` is
         ``Psi`` in the data's units).
     progress : show a progress bar while fitting.
-    chunk_size : points per E-step chunk (``None``: sized to keep temporaries near 16 MiB).
+    chunk_size : points per E-step chunk (``None``: sized to keep temporaries near 4 MiB).
     checkpoint : file path for fit checkpoints (natural engine only). The engine's state is saved
         there atomically at most every ``checkpoint_every`` seconds (``0``: every step); calling
         ``fit`` again with the same data and settings resumes from it and ends, on CPU, with the

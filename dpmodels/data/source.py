@@ -13,7 +13,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["PointSource", "spool"]
+__all__ = ["CHUNK_ELEMENTS", "PointSource", "chunk_rows", "spool"]
+
+CHUNK_ELEMENTS = 2**20  # values per (B, rows, D) chunk read for a pass over the data (8 MiB in float64)
+
+
+def chunk_rows(batch: int, features: int, budget: int = CHUNK_ELEMENTS) -> int:
+    """Rows per chunk so that a ``(batch, rows, features)`` chunk holds about ``budget`` values: a pass's
+    transient memory stays a few such chunks whatever the width (a fixed row count would hold
+    ``rows * D`` values, 268 MiB per float64 temporary at D = 512)."""
+    return max(256, budget // max(1, batch * features))
 
 
 class PointSource:
@@ -104,9 +113,9 @@ class PointSource:
         for start in range(0, self.shape[1], chunk_size):
             yield start, self[:, start : start + chunk_size]
 
-    def check_finite(self, chunk_size: int = 65_536) -> None:
+    def check_finite(self, chunk_size: int | None = None) -> None:
         """Raise ``ValueError`` naming the first rows that hold NaN or Inf."""
-        for start, x in self.chunks(chunk_size):
+        for start, x in self.chunks(chunk_size or chunk_rows(self.shape[0], self.shape[2])):
             bad = ~torch.isfinite(x)
             if bool(bad.any()):
                 rows = (torch.nonzero(bad.any(-1).any(0)).flatten()[:5] + start).tolist()
@@ -114,7 +123,7 @@ class PointSource:
                     f"{self.name} contains NaN or Inf values (first rows: {rows}); drop or impute them before fitting."
                 )
 
-    def moments(self, covariance: str, chunk_size: int = 65_536, group=None) -> tuple[Tensor, Tensor]:
+    def moments(self, covariance: str, chunk_size: int | None = None, group=None) -> tuple[Tensor, Tensor]:
         """Mean ``(B, D)`` and covariance ``(B, D, D)`` (or variances ``(B, D)``) in float64,
         accumulated chunk by chunk around a first-chunk pivot (numerically stable).
 
@@ -126,7 +135,7 @@ class PointSource:
             pivot = group.all_reduce(pivot if group.rank == 0 else torch.zeros_like(pivot))[0]
         s1 = torch.zeros(B, D, dtype=torch.float64)
         s2 = torch.zeros((B, D, D) if covariance == "full" else (B, D), dtype=torch.float64)
-        for _, x in self.chunks(chunk_size):
+        for _, x in self.chunks(chunk_size or chunk_rows(B, D)):
             c = x.double().cpu() - pivot
             s1 += c.sum(1)
             s2 += c.transpose(1, 2) @ c if covariance == "full" else (c * c).sum(1)

@@ -14,6 +14,8 @@ import warnings
 
 import torch
 
+from ..data.source import chunk_rows
+
 __all__ = ["DegenerateDataWarning", "degenerate_report", "warn_if_degenerate"]
 
 
@@ -22,7 +24,7 @@ class DegenerateDataWarning(UserWarning):
 
 
 def degenerate_report(
-    data, covariance: str = "full", rtol: float = 1e-10, chunk_size: int = 65_536, group=None
+    data, covariance: str = "full", rtol: float = 1e-10, chunk_size: int | None = None, group=None
 ) -> list[str]:
     """Problems found in ``data (B, N, D)`` (tensor or :class:`~dpmodels.data.PointSource`), one line each.
 
@@ -33,6 +35,7 @@ def degenerate_report(
     :class:`~dpmodels.distributed.DataParallel`) over the points of all ranks together.
     """
     B, N, D = data.shape
+    chunk_size = chunk_size or chunk_rows(B, D)
     lo = torch.full((B, D), torch.inf, dtype=torch.float64)
     hi = torch.full((B, D), -torch.inf, dtype=torch.float64)
     pivot = data[:, :1].double().cpu()  # (B, 1, D): centring keeps the scatter accurate

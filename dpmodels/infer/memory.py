@@ -49,7 +49,7 @@ def estimate_fit_bytes(
     (``data_in_memory=False`` for points read from disk chunk by chunk)."""
     Q = _features(covariance, D)
     n = min(N, batch_size or N)
-    chunk = min(n, chunk_size or max(256, 2**22 // max(1, B * max(K, Q))))
+    chunk = min(n, chunk_size or max(256, 2**20 // max(1, B * max(K, Q))))
     data = 2 * B * N * D * itemsize if data_in_memory else 0  # the data and its standardised copy
     params = _COPIES * B * K * (Q + D + 4) * 8  # params, statistics, sorted candidates (float64)
     e_step = 6 * B * chunk * (max(K, Q) + D) * itemsize  # log r, r, quadratic features

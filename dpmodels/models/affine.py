@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from ..data.source import PointSource
+from ..data.source import PointSource, chunk_rows
 from .base_measure import BaseMeasure
 
 __all__ = ["AffineScaling", "StandardizedSource", "repeat_source", "standardize"]
@@ -143,7 +143,7 @@ def standardize(
     B, N, D = source.shape
     z = torch.empty(B, N, D, dtype=dtype)
     raw.dtype = torch.float64
-    step = max(1, 2**22 // max(1, B * D))
+    step = chunk_rows(B, D)
     for start in range(0, N, step):
         z[:, start : start + step] = scaling.apply(raw[:, start : start + step], dtype)
     return PointSource(z), scaling
