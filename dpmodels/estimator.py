@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._validation import NotFittedError, as_points, check_device, check_positive_int
+from ._validation import NotFittedError, Param, as_points, check_device, check_params
 from .data.source import PointSource, spool
 from .distributed import Shard, check_shards, resolve_group
 from .infer import FitResult, NaturalOptions, PyroOptions, fit_natural, fit_pyro
@@ -80,8 +80,37 @@ class DPGMM:
     giving the estimate and what to lower.
     """
 
+    #: What every parameter must be; :meth:`validate` checks them (``fit`` calls it) and the
+    #: config layer reuses the table (``experiments`` checks a job's settings before any work).
+    _parameter_constraints: dict[str, Param] = {
+        "truncation": Param("int", low=1, hint="try 30 (an upper bound on clusters)"),
+        "prior": Param("any"),  # the prior registry checks names and settings (dpmodels.priors.make_prior)
+        "concentration": Param("number"),
+        "discount": Param("number"),
+        "learn_concentration": Param("bool"),
+        "prior_settings": Param("dict", none=True),
+        "covariance": Param("choice", choices=COVARIANCE_TYPES, hint="try 'diag' for many features or 'full' otherwise"),
+        "engine": Param("choice", choices=ENGINES, hint="try engine='natural'"),
+        "batch_size": Param("int", low=1, none=True, hint="use None for full-batch fitting"),
+        "seed": Param("int"),
+        "device": Param("device"),
+        "n_restarts": Param("int", low=1, hint="try 1 or 4"),
+        "max_iter": Param("int", low=1, none=True, hint="use None for the engine's default"),
+        "tol": Param("number", low=0, open_low=True, none=True, unit="nats per point", hint="try 1e-5"),
+        "active_threshold": Param("number", low=0, high=1, open_high=True, hint="try 0.01"),
+        "mean_precision": Param("number", low=0, open_low=True, hint="try 1.0"),
+        "dof": Param("number", none=True, hint="None follows the data (dof = D)"),
+        "scale": Param("any"),
+        "progress": Param("bool"),
+        "chunk_size": Param("int", low=1, none=True, hint="use None to size chunks automatically"),
+        "checkpoint": Param("path", none=True, hint="pass a file path such as 'fit.ckpt'"),
+        "checkpoint_every": Param("number", low=0, unit="seconds", hint="try 30.0"),
+        "keep_checkpoint": Param("bool"),
+    }  # fmt: skip
+
     def __init__(
         self,
+        *,
         truncation: int = 30,
         prior: str = "dp",
         concentration: float = 1.0,
@@ -106,60 +135,71 @@ class DPGMM:
         checkpoint_every: float = 30.0,
         keep_checkpoint: bool = False,
     ):
-        self.truncation = check_positive_int(truncation, "truncation", "try 30 (an upper bound on clusters)")
-        self.prior, self.prior_settings = prior, prior_settings
-        self.weight_prior = make_prior(
+        self.truncation, self.prior, self.concentration, self.discount = (
+            truncation,
             prior,
-            concentration=float(concentration),
-            discount=float(discount),
-            learn_concentration=bool(learn_concentration),
-            **(prior_settings or {}),
+            concentration,
+            discount,
         )
-        if covariance not in COVARIANCE_TYPES:
-            raise ValueError(
-                f"covariance must be one of {COVARIANCE_TYPES}, got {covariance!r}; "
-                "try 'diag' for many features or 'full' otherwise."
-            )
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}; try engine='natural'.")
-        if engine == "natural":
+        self.learn_concentration, self.prior_settings = learn_concentration, prior_settings
+        self.covariance, self.engine, self.batch_size, self.seed = covariance, engine, batch_size, seed
+        self.device, self.n_restarts, self.max_iter, self.tol = device, n_restarts, max_iter, tol
+        self.active_threshold, self.mean_precision, self.dof, self.scale = (
+            active_threshold,
+            mean_precision,
+            dof,
+            scale,
+        )
+        self.progress, self.chunk_size = progress, chunk_size
+        self.checkpoint, self.checkpoint_every, self.keep_checkpoint = (
+            checkpoint,
+            checkpoint_every,
+            keep_checkpoint,
+        )
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's parameters and their values (scikit-learn's estimator API)."""
+        import inspect
+
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names if name != "kwargs"}
+
+    def set_params(self, **params):
+        """Set constructor parameters (checked at the next :meth:`fit` or :meth:`validate`)."""
+        valid = self.get_params()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(
+                    f"{type(self).__name__} has no parameter {name!r}; its parameters: {sorted(valid)}."
+                )
+            setattr(self, name, value)
+        return self
+
+    def validate(self):
+        """Check every parameter against :attr:`_parameter_constraints` and the ones that depend on
+        each other (a learned concentration needs a closed form on the natural engine; checkpoints
+        need the natural engine); build the weight prior. ``fit`` calls it; call it yourself to
+        check settings before any work. Returns ``self``; raises one ``ValueError`` per problem."""
+        check_params(self.get_params(), self._parameter_constraints)
+        self.weight_prior = make_prior(
+            self.prior,
+            concentration=float(self.concentration),
+            discount=float(self.discount),
+            learn_concentration=bool(self.learn_concentration),
+            **(self.prior_settings or {}),
+        )
+        if self.engine == "natural":
             self.weight_prior.require_closed_form(
                 "a learned concentration has closed-form updates",
                 "use engine='pyro' for it, or learn_concentration=False.",
             )
-        if batch_size is not None:
-            check_positive_int(batch_size, "batch_size", "use None for full-batch fitting")
-        self.concentration, self.discount = concentration, discount
-        self.learn_concentration, self.covariance, self.engine = learn_concentration, covariance, engine
-        self.batch_size, self.seed = batch_size, int(seed)
-        self.device = check_device(device)
-        self.n_restarts = check_positive_int(n_restarts, "n_restarts", "try 1 or 4")
-        if max_iter is not None:
-            check_positive_int(max_iter, "max_iter", "use None for the engine's default")
-        if tol is not None and not tol > 0:
-            raise ValueError(f"tol must be > 0 (nats per point), got {tol!r}; try 1e-5.")
-        self.max_iter, self.tol = max_iter, tol
-        if not 0.0 <= active_threshold < 1.0:
-            raise ValueError(f"active_threshold must lie in [0, 1), got {active_threshold!r}; try 0.01.")
-        self.active_threshold = active_threshold
-        self.mean_precision, self.dof, self.scale = mean_precision, dof, scale
-        self.progress = progress
-        if chunk_size is not None:
-            check_positive_int(chunk_size, "chunk_size", "use None to size chunks automatically")
-        self.chunk_size = chunk_size
-        if checkpoint is not None and engine != "natural":
+        if self.checkpoint is not None and self.engine != "natural":
             raise ValueError(
-                f"checkpoint is supported by engine='natural' only, got engine={engine!r}; "
+                f"checkpoint is supported by engine='natural' only, got engine={self.engine!r}; "
                 "use engine='natural' or checkpoint=None."
             )
-        if isinstance(checkpoint_every, bool) or not (
-            isinstance(checkpoint_every, (int, float)) and checkpoint_every >= 0
-        ):
-            raise ValueError(
-                f"checkpoint_every must be a number of seconds >= 0, got {checkpoint_every!r}; try 30.0."
-            )
-        self.checkpoint = None if checkpoint is None else Path(checkpoint)
-        self.checkpoint_every, self.keep_checkpoint = float(checkpoint_every), bool(keep_checkpoint)
+        self._device = check_device(self.device)
+        return self
 
     # ---- fitting --------------------------------------------------------------------------------
     def _options(self, num_points: int):
@@ -193,7 +233,8 @@ class DPGMM:
         together (natural engine): every rank ends with the same posterior, equal to the fit of the
         concatenated data up to summation order (:mod:`dpmodels.distributed`). ``False`` fits this
         process's ``X`` alone even inside a group."""
-        group = resolve_group(distributed, self.device)
+        self.validate()
+        group = resolve_group(distributed, self._device)
         raw = self._shard_source(X, group, "DPGMM.fit")
         self._check_memory(self.n_restarts, *raw.shape[1:], in_memory=raw._mapping is None)
         source, scaling = standardize(raw, group=group)  # z = (x - centre) / scale, (1, N, D)
@@ -214,7 +255,7 @@ class DPGMM:
                 for t in (base.mean, base.mean_precision, base.dof, base.scale)
             ),
         )
-        spec = ModelSpec(self.weight_prior, base.to(device=self.device), self.truncation)
+        spec = ModelSpec(self.weight_prior, base.to(device=self._device), self.truncation)
         result = self._run(data, spec, group)
         scaling = scaling.expand(self.n_restarts)
         best = int(torch.nan_to_num(result.elbo, nan=-torch.inf).argmax())
@@ -257,7 +298,7 @@ class DPGMM:
             "Lower truncation (an upper bound on the clusters; memory grows as its square), use "
             "covariance='diag' or fewer features (pca_dim), or set chunk_size/batch_size; "
             "DPMODELS_MEMORY_LIMIT=0 skips this check.",
-            self.device,
+            self._device,
         )
 
     def _settings(self) -> dict:
@@ -296,16 +337,16 @@ class DPGMM:
         num_points = data.shape[1] if group is None else Shard.of(data.shape[1], group).total
         options = self._options(num_points)
         if self.engine == "pyro":
-            return fit_pyro(data, spec, seed=self.seed, options=options, device=self.device)
+            return fit_pyro(data, spec, seed=int(self.seed), options=options, device=self._device)
         return fit_natural(
             data,
             spec,
-            seed=self.seed,
+            seed=int(self.seed),
             options=options,
-            device=self.device,
-            checkpoint=self.checkpoint,
-            checkpoint_every=self.checkpoint_every,
-            keep_checkpoint=self.keep_checkpoint,
+            device=self._device,
+            checkpoint=None if self.checkpoint is None else Path(self.checkpoint),
+            checkpoint_every=float(self.checkpoint_every),
+            keep_checkpoint=bool(self.keep_checkpoint),
             group=group,
         )
 
@@ -366,7 +407,7 @@ class DPGMM:
                 f"X has {x.shape[1]} features but the model was fitted on {self.n_features_in_}; "
                 "pass points with the same features (columns)."
             )
-        return self._scaling.apply(x, self._z_posterior.params.mean.dtype).to(self.device)
+        return self._scaling.apply(x, self._z_posterior.params.mean.dtype).to(self._device)
 
     def predict_proba(self, X) -> np.ndarray:
         """Responsibilities ``(N, K)``, components ordered by weight."""
@@ -416,8 +457,8 @@ def fit_batched(datasets, *, distributed="auto", **kwargs) -> list[DPGMM]:
         raise ValueError(
             "fit_batched runs one fit per data set; use n_restarts=1 (or DPGMM.fit for restarts)."
         )
-    template = DPGMM(**kwargs)
-    group = resolve_group(distributed, template.device)
+    template = DPGMM(**kwargs).validate()
+    group = resolve_group(distributed, template._device)
     if group is None:
         data = _batched_points(datasets)
     else:
@@ -445,12 +486,12 @@ def fit_batched(datasets, *, distributed="auto", **kwargs) -> list[DPGMM]:
         scale=scaling.scale_to_z(template.scale, template.covariance, data.shape[-1]),
         group=group,
     )
-    spec = ModelSpec(template.weight_prior, base.to(device=template.device), template.truncation)
+    spec = ModelSpec(template.weight_prior, base.to(device=template._device), template.truncation)
     result = template._run(source, spec, group)
     user = scaling.result_to_user(result)
     models = []
     for b in range(data.shape[0]):
-        model = DPGMM(**kwargs)
+        model = DPGMM(**kwargs).validate()
         model._adopt(result, user, scaling, b)
         models.append(model)
     return models

@@ -56,9 +56,11 @@ def run(cfg: DictConfig, group=None) -> dict | None:
     if not go:
         return None
     fit_kwargs = dpgmm_kwargs(cfg.prior, cfg.infer)
-    DPGMM(**fit_kwargs, device=cfg.device)  # validates the prior/inference settings before any work
+    DPGMM(**fit_kwargs, device=cfg.device).validate()  # the prior/inference settings, before any work
     if cfg.model.coupling != 0:
-        SpatialDPGMM(**fit_kwargs, coupling=cfg.model.coupling, coupled_max_iter=cfg.model.coupled_max_iter)
+        SpatialDPGMM(
+            **fit_kwargs, coupling=cfg.model.coupling, coupled_max_iter=cfg.model.coupled_max_iter
+        ).validate()
     images = dataset_from_config(cfg.data)
     log.info(
         "data: %s, %d images %s, masks: %s", images.name, len(images), images.size, images.masks is not None

@@ -51,7 +51,7 @@ def run(cfg: DictConfig) -> dict | None:
     if src_cfg.family not in TEXTURE_FAMILIES:
         raise ValueError(f"source.family must be one of {sorted(TEXTURE_FAMILIES)}, got {src_cfg.family!r}.")
     dpgmm = {"truncation": score.truncation, "covariance": score.covariance}
-    DPGMM(**dpgmm)  # validates the settings before any work
+    DPGMM(**dpgmm).validate()  # the settings, before any work
     conditions = tx.make_conditions(
         source_family=src_cfg.family,
         families=list(sc.families),

@@ -192,14 +192,18 @@ def test_bad_data_is_a_clear_error(X, match):
     ],
 )
 def test_bad_arguments_are_clear_errors(kwargs, match):
+    model = DPGMM(**kwargs)  # the constructor only stores its arguments (scikit-learn's convention)
+    assert model.get_params() == {**DPGMM().get_params(), **kwargs}
     with pytest.raises(ValueError, match=match):
-        DPGMM(**kwargs)
+        model.validate()
+    with pytest.raises(ValueError, match=match):  # fit validates before touching the data
+        model.fit(GOOD)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised when no GPU exists")
 def test_cuda_without_gpu_is_a_clear_error():
     with pytest.raises(ValueError, match="no CUDA GPU is available"):
-        DPGMM(device="cuda")
+        DPGMM(device="cuda").fit(GOOD)
 
 
 def test_predict_before_fit_and_feature_mismatch():

@@ -236,7 +236,7 @@ def _heldout_loglik(model: DPGMM, acts: LayerActivations, shard: Shard, held_idx
 
 def _check_memory(acts, groups, maps_draws, dpgmm_kwargs) -> None:
     """Refuse before the first fit when any call, or any layer's maps, would exceed memory."""
-    template = DPGMM(**dpgmm_kwargs)
+    template = DPGMM(**dpgmm_kwargs).validate()
     for (N, D, *_), names in groups.items():
         template._check_memory(len(names), N, D)
     if maps_draws is None:
@@ -247,5 +247,5 @@ def _check_memory(acts, groups, maps_draws, dpgmm_kwargs) -> None:
             estimate_maps_bytes(a.num_points, a.num_features, K, cov, maps_draws),
             f"the maps of layer {name!r} ({a.num_points} positions, truncation={K}, {maps_draws} draws)",
             "Lower truncation or the number of draws (infer.num_draws), or use covariance='diag'.",
-            template.device,
+            template._device,
         )

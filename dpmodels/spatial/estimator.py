@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._validation import check_positive_int
+from .._validation import Param
 from ..estimator import DPGMM
 from ..infer.result import FitResult
 from ..models.dpgmm import ModelSpec
@@ -33,20 +33,37 @@ class SpatialDPGMM(DPGMM):
     fit's ELBO, total nats). ``elbo_`` is the coupled bound. Only the natural engine.
     """
 
+    _parameter_constraints = {
+        **DPGMM._parameter_constraints,
+        "coupling": Param("any"),  # check_coupling: a finite number >= 0
+        "coupled_max_iter": Param("int", low=1, hint="try 100"),
+        "coupled_tol": Param("number", low=0, open_low=True, unit="nats per point", hint="try 1e-5"),
+    }
+
     def __init__(
-        self, coupling: float = 1.0, coupled_max_iter: int = 100, coupled_tol: float = 1e-5, **kwargs
+        self, *, coupling: float = 1.0, coupled_max_iter: int = 100, coupled_tol: float = 1e-5, **kwargs
     ):
         super().__init__(**kwargs)
-        self.coupling = check_coupling(coupling)
+        self.coupling, self.coupled_max_iter, self.coupled_tol = coupling, coupled_max_iter, coupled_tol
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {
+            **DPGMM.get_params(self, deep),
+            "coupling": self.coupling,
+            "coupled_max_iter": self.coupled_max_iter,
+            "coupled_tol": self.coupled_tol,
+        }
+
+    def validate(self):
+        """:meth:`DPGMM.validate` plus the coupled phase's settings (natural engine only)."""
+        super().validate()
+        check_coupling(self.coupling)
         if self.engine != "natural":
             raise ValueError(
                 f"spatially coupled fits run on engine='natural' only, got engine={self.engine!r}; "
                 "use engine='natural'."
             )
-        self.coupled_max_iter = check_positive_int(coupled_max_iter, "coupled_max_iter", "try 100")
-        if not coupled_tol > 0:
-            raise ValueError(f"coupled_tol must be > 0 (nats per point), got {coupled_tol!r}; try 1e-5.")
-        self.coupled_tol = float(coupled_tol)
+        return self
 
     def fit(self, X, index, *, distributed=False) -> SpatialDPGMM:  # type: ignore[override]
         """Fit to ``X (N, D)`` whose rows sit at ``index (N, 3)`` = ``(image, y, x)``. Returns ``self``.
@@ -74,7 +91,7 @@ class SpatialDPGMM(DPGMM):
         options = CoupledOptions(
             self.coupling, self.coupled_max_iter, self.coupled_tol, self.chunk_size, self.progress
         )
-        return fit_coupled(data, spec, result, grid, options, self.device)
+        return fit_coupled(data, spec, result, grid, options, self._device)
 
     def _adopt(self, result: FitResult, user: FitResult, scaling, index: int) -> None:
         super()._adopt(result, user, scaling, index)

@@ -148,9 +148,9 @@ def test_truncated_checkpoint_is_reported_and_left_untouched(tmp_path, cut):
 
 def test_checkpoint_needs_the_natural_engine_and_a_valid_interval(tmp_path):
     with pytest.raises(ValueError, match="engine='natural'"):
-        DPGMM(engine="pyro", checkpoint=tmp_path / "c.ckpt")
+        DPGMM(engine="pyro", checkpoint=tmp_path / "c.ckpt").validate()
     with pytest.raises(ValueError, match="checkpoint_every"):
-        DPGMM(checkpoint=tmp_path / "c.ckpt", checkpoint_every=-1)
+        DPGMM(checkpoint=tmp_path / "c.ckpt", checkpoint_every=-1).validate()
     with pytest.raises(FitCheckpointError, match="directory"):
         DPGMM(truncation=4, checkpoint=tmp_path).fit(np.random.default_rng(0).normal(size=(50, 2)))
 

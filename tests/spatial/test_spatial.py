@@ -78,7 +78,7 @@ def test_grid_bad_index(index, match):
 @pytest.mark.parametrize("coupling", [-0.5, float("nan"), float("inf"), True, "1"])
 def test_bad_coupling_is_one_clear_error(coupling):
     with pytest.raises(ValueError, match="coupling"):
-        SpatialDPGMM(coupling=coupling)
+        SpatialDPGMM(coupling=coupling).validate()
 
 
 def test_index_that_does_not_match_the_points():
