@@ -23,11 +23,11 @@ import torch
 from ..activations.types import LayerGeometry
 from ..data.images import ImageSet
 from ..io import MANIFEST, atomic_path, manifest_problems
-from ..maps import LayerMaps
+from ..maps import MAPS, LayerMaps
 
 __all__ = ["RunOutputs", "latest_run", "layer_file", "load_layer_maps", "save_images", "save_layer_maps"]
 
-_MAP_FIELDS = ("labels", "confidence", "entropy", "epistemic", "aleatoric", "novelty", "weights", "active")
+_CLUSTER_FIELDS = ("weights", "active")  # per cluster, saved after the maps (one array per MAPS kind)
 
 
 def layer_file(layer: str) -> str:
@@ -42,7 +42,9 @@ def _save_npz(path: Path, **arrays) -> None:
 
 def save_layer_maps(run_dir: str | Path, maps: LayerMaps) -> Path:
     path = Path(run_dir) / "maps" / f"{layer_file(maps.name)}.npz"
-    arrays = {k: getattr(maps, k).cpu().numpy() for k in _MAP_FIELDS}
+    kinds = [k for k in MAPS if k in maps.values] + [k for k in maps.values if k not in MAPS]
+    arrays = {k: maps.values[k].cpu().numpy() for k in kinds}
+    arrays |= {k: getattr(maps, k).cpu().numpy() for k in _CLUSTER_FIELDS}
     meta = {
         "name": maps.name,
         "geometry": asdict(maps.geometry),
@@ -56,9 +58,12 @@ def save_layer_maps(run_dir: str | Path, maps: LayerMaps) -> Path:
 def load_layer_maps(path: str | Path) -> LayerMaps:
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
-        arrays = {k: torch.from_numpy(z[k]) for k in _MAP_FIELDS}
+        values = {k: torch.from_numpy(z[k]) for k in z.files if k != "meta" and k not in _CLUSTER_FIELDS}
+        clusters = {k: torch.from_numpy(z[k]) for k in _CLUSTER_FIELDS}
     geometry = LayerGeometry(**{k: tuple(v) for k, v in meta["geometry"].items()})
-    return LayerMaps(meta["name"], geometry, image_names=meta["image_names"], meta=meta["meta"], **arrays)
+    return LayerMaps(
+        meta["name"], geometry, values, **clusters, image_names=meta["image_names"], meta=meta["meta"]
+    )
 
 
 def save_images(run_dir: str | Path, images: ImageSet) -> Path:

@@ -2,8 +2,9 @@
 
 Concept responsibilities are the summed responsibilities of a concept's components (renormalised
 over the hierarchy's components), so the concept map's label is their argmax, its confidence their
-maximum and its entropy their entropy (nats). Novelty does not depend on the grouping and is
-copied; the epistemic/aleatoric split is only computed for components (``NaN`` at concept level).
+maximum and its entropy their entropy (nats). Kinds that do not depend on the grouping (novelty;
+``MapKind.grouping_invariant``) are copied; the others (the epistemic/aleatoric split) are only
+computed for components (``NaN`` at concept level).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 from ..activations.types import LayerActivations
 from ..maps.layer_maps import LayerMaps, resolve_posterior
+from ..maps.registry import MAPS
 from .selection import ConceptSelection
 
 __all__ = ["LEVELS", "at_level", "concept_layer_maps", "concept_point_values"]
@@ -55,16 +57,18 @@ def concept_layer_maps(
     maps = {key: acts.to_maps(v) for key, v in vals.items()}  # each (I, H_l, W_l); labels -1 off-grid
     h, k = selection.hierarchy, selection.k
     weights = torch.as_tensor(h.weights @ h.membership(k))  # (k,)
-    nan = torch.full_like(component_maps.entropy, float("nan"))
+    values = {}
+    for kind, comp in component_maps.values.items():  # registered kinds keep the registry's order
+        if kind in maps:
+            values[kind] = maps[kind]
+        elif kind in MAPS and MAPS[kind].grouping_invariant:
+            values[kind] = comp
+        else:  # only computed for components
+            values[kind] = torch.full_like(comp, float("nan"), dtype=torch.float64)
     return LayerMaps(
         name=component_maps.name,
         geometry=component_maps.geometry,
-        labels=maps["labels"],
-        confidence=maps["confidence"],
-        entropy=maps["entropy"],
-        epistemic=nan,
-        aleatoric=nan.clone(),
-        novelty=component_maps.novelty,
+        values=values,
         weights=weights,
         active=torch.ones(k, dtype=torch.bool),
         image_names=list(component_maps.image_names),

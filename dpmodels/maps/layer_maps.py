@@ -3,37 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from torch import Tensor
 
 from ..activations.types import LayerActivations, LayerGeometry
 from ..posterior import MixturePosterior
+from .colours import cluster_colours
+from .registry import MAPS, map_kind
 from .resample import upsample_map
-from .uncertainty import UNCERTAINTY_KINDS, point_uncertainty
+from .uncertainty import point_uncertainty
 
 __all__ = ["MAP_KINDS", "LayerMaps", "layer_maps", "resolve_posterior"]
 
-MAP_KINDS = UNCERTAINTY_KINDS
+MAP_KINDS = tuple(MAPS)  # the built-in kinds; ``MAPS`` also holds any registered later
 
 
 @dataclass
 class LayerMaps:
-    """Per-position maps of one layer, all ``(I, H_l, W_l)``.
+    """Per-position maps of one layer, all ``(I, H_l, W_l)``, one per kind in
+    ``dpmodels.maps.MAPS`` and read as attributes (``maps.entropy``) or with ``get``.
 
     Attributes
     ----------
     name : the layer's name.
     geometry : where map positions sit on the input.
-    labels : most probable cluster (int64, canonical order: 0 = largest weight; ``-1`` = no point).
-    confidence : the most probable cluster's responsibility (``NaN`` = no point), likewise below.
-    entropy : assignment entropy of the responsibilities (nats).
-    epistemic : mutual information between assignment and parameters (nats).
-    aleatoric : expected assignment entropy given the parameters (nats).
-    novelty : ``-log p(x | data)`` (nats, or nats per feature when ``meta["per_dimension"]``).
+    values : ``{kind: (I, H_l, W_l)}``; the built-in kinds (``dpmodels.maps.registry``):
+        labels : most probable cluster (int64, canonical order: 0 = largest weight; ``-1`` = no point).
+        confidence : the most probable cluster's responsibility (``NaN`` = no point), likewise below.
+        entropy : assignment entropy of the responsibilities (nats).
+        epistemic : mutual information between assignment and parameters (nats).
+        aleatoric : expected assignment entropy given the parameters (nats).
+        novelty : ``-log p(x | data)`` (nats, or nats per feature when ``meta["per_dimension"]``).
     weights : ``(K,)`` posterior mean cluster weights, canonical order; cluster ``k`` is drawn in
-        colour ``k`` of ``dpmodels.viz.fit.cluster_colours`` in every image and figure.
+        colour ``k`` of ``dpmodels.maps.cluster_colours`` in every image and figure.
     active : ``(K,)`` bool, clusters explaining more than the posterior's active threshold.
     image_names : one per image.
     meta : settings (num_draws, seed, per_dimension).
@@ -41,16 +45,21 @@ class LayerMaps:
 
     name: str
     geometry: LayerGeometry
-    labels: Tensor
-    confidence: Tensor
-    entropy: Tensor
-    epistemic: Tensor
-    aleatoric: Tensor
-    novelty: Tensor
+    values: dict[str, Tensor]
     weights: Tensor
     active: Tensor
     image_names: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+
+    def __getattr__(self, kind: str) -> Tensor:  # maps.entropy: called only for names not found
+        values = self.__dict__.get("values")
+        if values is not None and kind in values:
+            return values[kind]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {kind!r}")
+
+    def with_values(self, **values: Tensor) -> LayerMaps:
+        """A copy with the given kinds' maps replaced (or added), the rest shared."""
+        return replace(self, values={**self.values, **values})
 
     @property
     def num_images(self) -> int:
@@ -63,15 +72,14 @@ class LayerMaps:
     @property
     def colours(self) -> np.ndarray:
         """``(K, 3)`` RGB colour of each cluster (canonical order)."""
-        from ..viz.fit import cluster_colours  # lazy: maps never need matplotlib otherwise
-
         return cluster_colours(int(self.weights.shape[0]))
 
     def get(self, kind: str) -> Tensor:
-        """The ``(I, H_l, W_l)`` map of ``kind`` (one of ``MAP_KINDS``)."""
-        if kind not in MAP_KINDS:
-            raise ValueError(f"kind must be one of {MAP_KINDS}, got {kind!r}.")
-        return getattr(self, kind)
+        """The ``(I, H_l, W_l)`` map of ``kind`` (a name in ``dpmodels.maps.MAPS``)."""
+        if kind not in self.values:
+            map_kind(kind)  # an unknown name: the error lists the registered ones
+            raise ValueError(f"layer {self.name!r} has no {kind!r} map (its maps: {sorted(self.values)}).")
+        return self.values[kind]
 
     def at_input(self, kind: str, image_size: tuple[int, int] | None = None) -> Tensor:
         """The ``kind`` map at input resolution ``(I, H, W)``: labels by nearest position, continuous
@@ -84,7 +92,7 @@ class LayerMaps:
                 f"layer {self.name!r} was extracted from {tuple(self.geometry.input_size)} images, got "
                 f"image_size={tuple(image_size)}; use the images the activations came from."
             )
-        mode = "nearest" if kind == "labels" else "bilinear"
+        mode = "nearest" if map_kind(kind).clusters else "bilinear"
         return upsample_map(self.get(kind), self.geometry, mode)
 
 
@@ -156,9 +164,9 @@ def layer_maps(
     return LayerMaps(
         name=acts.name,
         geometry=acts.geometry,
+        values=maps,
         weights=post.weights[0].detach().cpu(),
         active=post.active[0].detach().cpu(),
         image_names=list(acts.image_names),
         meta={"num_draws": num_draws, "seed": seed, "per_dimension": per_dimension},
-        **maps,
     )

@@ -16,6 +16,7 @@ For each point ``x``:
 from __future__ import annotations
 
 import math
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -23,15 +24,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..posterior import MixturePosterior
+from .registry import MAPS
+from .registry import entropy as _entropy
 
-__all__ = ["UNCERTAINTY_KINDS", "n_active_draws", "point_uncertainty"]
+__all__ = ["UNCERTAINTY_KINDS", "MapChunk", "n_active_draws", "point_uncertainty"]
 
-UNCERTAINTY_KINDS = ("labels", "confidence", "entropy", "epistemic", "aleatoric", "novelty")
-
-
-def _entropy(p: Tensor, dim: int) -> Tensor:
-    """Entropy (nats) of probabilities ``p`` along ``dim``; ``0 log 0 = 0``."""
-    return -torch.where(p > 0, p * torch.log(p), torch.zeros_like(p)).sum(dim)
+UNCERTAINTY_KINDS = tuple(MAPS)  # the built-in kinds (dpmodels.maps.registry), in order
 
 
 # A component whose weight is below this in every draw is left out of the per-draw responsibilities,
@@ -135,6 +133,49 @@ def _read(points, start: int, stop: int, device: torch.device) -> Tensor:
     return chunk.to(device=device, dtype=torch.float64)
 
 
+class MapChunk:
+    """A chunk of ``n`` points and the posterior's quantities there, each computed once on first use
+    and shared by every map kind of ``dpmodels.maps.registry`` (all float64, on the posterior's device).
+
+    ``x`` ``(n, D)``; ``log_resp`` ``(n, K)``: mean-field log responsibilities; ``information``:
+    ``{"total", "aleatoric", "epistemic"}`` ``(n,)`` entropies over the posterior draws (nats);
+    ``log_predictive`` ``(n,)``: posterior predictive log density (nats); ``per_dimension``: report
+    densities per feature."""
+
+    def __init__(self, posterior: MixturePosterior, x: Tensor, draws: _Draws, per_dimension: bool = False):
+        self.posterior, self.x, self.per_dimension = posterior, x, per_dimension
+        self._draws = draws
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x.shape[1])
+
+    @cached_property
+    def log_resp(self) -> Tensor:
+        return self.posterior.log_responsibilities(self.x.to(self.posterior.params.mean.dtype))[0].double()
+
+    @cached_property
+    def information(self) -> dict[str, Tensor]:
+        total, aleatoric, epistemic = _mutual_information(self.x, self._draws.terms, self._draws.full)
+        return {"total": total, "aleatoric": aleatoric, "epistemic": epistemic}
+
+    @cached_property
+    def log_predictive(self) -> Tensor:
+        return self.posterior.log_predictive(self.x)[0].double()
+
+
+class _Draws:
+    """The posterior draws' coefficients (``_draw_terms``), made on first use, once per call."""
+
+    def __init__(self, posterior: MixturePosterior, num_draws: int, seed: int):
+        self.posterior, self.num_draws, self.seed = posterior, num_draws, seed
+        self.full = posterior.covariance_type == "full"
+
+    @cached_property
+    def terms(self) -> dict[str, Tensor]:
+        return _draw_terms(self.posterior, self.num_draws, self.seed)
+
+
 def point_uncertainty(
     posterior: MixturePosterior,
     points,
@@ -145,12 +186,13 @@ def point_uncertainty(
     per_dimension: bool = False,
     progress: bool = False,
 ) -> dict[str, Tensor]:
-    """Labels, confidence, entropy, epistemic/aleatoric split and novelty of every point.
+    """Every registered map kind (``dpmodels.maps.MAPS``: labels, confidence, entropy,
+    epistemic/aleatoric split, novelty, ...) of every point.
 
     ``posterior``: a ``MixturePosterior`` with ``B = 1``. ``points``: ``(N, D)`` tensor, array or
     memmap, read ``chunk_size`` rows at a time (default: sized so that the ``(n, S, K)`` float64
     log joints and the ``(n, D (D + 1) / 2)`` quadratic features each stay near 16 MiB, which bounds
-    memory at any width). Returns CPU tensors ``(N,)``: ``labels`` int64, the rest float64.
+    memory at any width). Returns ``{kind: (N,)}`` CPU tensors: ``labels`` int64, the rest float64.
     """
     if posterior.batch_size != 1:
         raise ValueError(
@@ -167,22 +209,14 @@ def point_uncertainty(
         # (n, S, K) log joints and (n, F) features each near 16 MiB in float64
         chunk_size = max(16, min(2**21 // (K * num_draws), 2**21 // F))
     device = posterior.params.mean.device
-    terms = _draw_terms(posterior, num_draws, seed)
-    full = posterior.covariance_type == "full"
-    out: dict[str, list[Tensor]] = {k: [] for k in UNCERTAINTY_KINDS}
+    draws = _Draws(posterior, num_draws, seed)
+    out: dict[str, list[Tensor]] = {k: [] for k in MAPS}
     starts = range(0, N, chunk_size)
     for start in tqdm(starts, desc="maps", unit="chunk", disable=not progress):
         x = _read(points, start, min(start + chunk_size, N), device)  # (n, D) float64
-        log_r = posterior.log_responsibilities(x.to(posterior.params.mean.dtype))[0].double()  # (n, K)
-        conf, labels = log_r.max(-1)
-        out["labels"].append(labels)
-        out["confidence"].append(conf.exp())
-        out["entropy"].append(_entropy(log_r.exp(), 1))
-        _, aleatoric, epistemic = _mutual_information(x, terms, full)
-        out["epistemic"].append(epistemic)
-        out["aleatoric"].append(aleatoric)
-        novelty = -posterior.log_predictive(x)[0].double()  # (n,)
-        out["novelty"].append(novelty / D if per_dimension else novelty)
+        chunk = MapChunk(posterior, x, draws, per_dimension)
+        for kind in MAPS.values():
+            out[kind.name].append(kind.compute(chunk))  # (n,)
     return {k: torch.cat(v).cpu() for k, v in out.items()}
 
 

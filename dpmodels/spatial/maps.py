@@ -36,8 +36,11 @@ def coupled_maps(maps: LayerMaps, model: SpatialDPGMM, acts: LayerActivations) -
     entropy = -torch.where(r > 0, r * log_r, torch.zeros_like(r)).sum(-1)
     return replace(
         maps,
-        labels=acts.to_maps(labels),
-        confidence=acts.to_maps(conf.exp()),
-        entropy=acts.to_maps(entropy),
+        values={
+            **maps.values,
+            "labels": acts.to_maps(labels),
+            "confidence": acts.to_maps(conf.exp()),
+            "entropy": acts.to_maps(entropy),
+        },
         meta={**maps.meta, "coupling": model.coupling},
     )

@@ -6,13 +6,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..maps.colours import cluster_colours  # one palette, owned by the maps (re-exported here)
+
 __all__ = ["plot_fit_projection", "plot_elbo_history", "cluster_colours"]
-
-
-def cluster_colours(n: int) -> np.ndarray:
-    """One fixed palette: cluster ``k`` (canonical order, largest first) always gets colour ``k``."""
-    base = plt.get_cmap("tab10" if n <= 10 else "tab20").colors
-    return np.array([base[k % len(base)] for k in range(n)])
 
 
 def plot_fit_projection(

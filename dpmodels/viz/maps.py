@@ -20,6 +20,7 @@ from matplotlib.patches import Patch
 
 from ..io import atomic_path
 from ..maps.layer_maps import LayerMaps
+from ..maps.registry import MAPS
 from ..maps.transitions import transition_matrix
 from .fit import cluster_colours
 
@@ -34,14 +35,12 @@ __all__ = [
 ]
 
 MAX_LEGEND = 10  # legend entries per label panel
-CMAPS = {"entropy": "magma", "epistemic": "viridis", "aleatoric": "magma", "novelty": "cividis"}
-UNITS = {
-    "entropy": "assignment entropy (nats)",
-    "epistemic": "epistemic: MI(z; θ) (nats)",
-    "aleatoric": "aleatoric: E H[z|θ] (nats)",
-    "novelty": "novelty: −log p(x) (nats)",
-    "confidence": "max responsibility",
-}
+
+
+def map_style(kind: str) -> tuple[str, str]:
+    """``(colormap, colourbar label)`` of a map kind, from its ``dpmodels.maps.MAPS`` entry."""
+    entry = MAPS.get(kind)
+    return (entry.cmap, entry.label) if entry is not None else ("viridis", kind)
 
 
 def _image_hwc(image) -> np.ndarray:
@@ -80,8 +79,8 @@ def _draw_row(axes, image, maps: LayerMaps, index: int, kinds, alpha: float, fig
     axes[0].imshow(rgb)
     axes[0].set_title("image")
     for ax, kind in zip(axes[1:], kinds, strict=True):
-        if kind == "labels":
-            lab = maps.at_input("labels")[index].numpy()
+        if kind in MAPS and MAPS[kind].clusters:
+            lab = maps.at_input(kind)[index].numpy()
             ax.imshow(rgb)
             ax.imshow(label_overlay(lab, K), alpha=alpha)
             present = [int(k) for k in np.unique(lab) if k >= 0]  # canonical order = by weight
@@ -96,8 +95,9 @@ def _draw_row(axes, image, maps: LayerMaps, index: int, kinds, alpha: float, fig
             ax.set_title(f"{maps.name}: {unit}s")
         else:
             v = maps.at_input(kind)[index].numpy()
-            im = ax.imshow(v, cmap=CMAPS.get(kind, "viridis"))
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=UNITS.get(kind, kind))
+            cmap, label = map_style(kind)
+            im = ax.imshow(v, cmap=cmap)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=label)
             ax.set_title(f"{maps.name}: {kind}")
     for ax in axes:
         ax.set_xticks([])

@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..maps.layer_maps import LayerMaps
-from .maps import CMAPS, UNITS, _check_index, _image_hwc, label_overlay
+from .maps import _check_index, _image_hwc, label_overlay, map_style
 
 __all__ = ["plot_paper_figure"]
 
@@ -54,14 +54,11 @@ def plot_paper_figure(
             bottom = axes[per_net * r + 1]
             finite = np.concatenate([v[np.isfinite(v)].ravel() for v in values])
             vmax = float(np.quantile(finite, 0.99)) if finite.size else 1.0
+            cmap, label = map_style(uncertainty)
             bottom[0].axis("off")
-            bottom[0].text(
-                0.5, 0.5, UNITS.get(uncertainty, uncertainty), ha="center", va="center", fontsize=8, wrap=True
-            )
+            bottom[0].text(0.5, 0.5, label, ha="center", va="center", fontsize=8, wrap=True)
             for j, v in enumerate(values, start=1):
-                im = bottom[j].imshow(
-                    v, cmap=CMAPS.get(uncertainty, "viridis"), vmin=0.0, vmax=max(vmax, 1e-9)
-                )
+                im = bottom[j].imshow(v, cmap=cmap, vmin=0.0, vmax=max(vmax, 1e-9))
             fig.colorbar(im, ax=list(bottom[1 : len(values) + 1]), fraction=0.02, pad=0.01)
         for row in axes[per_net * r : per_net * (r + 1)]:
             for ax in row[len(layers) + 1 :]:
