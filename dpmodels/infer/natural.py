@@ -24,7 +24,7 @@ from ..models.dpgmm import ModelSpec
 from ..models.family import VariationalParams
 from .checkpoint import FitCheckpointer, FitCheckpointError, fingerprint, params_from_state, params_to_state
 from .init import initial_stats
-from .phases import Tracker, full_batch_phase, minibatch_phase
+from .phases import EngineState, Tracker, full_batch_phase, minibatch_phase
 from .result import ConvergenceWarning, FitResult, auto_chunk_size
 from .updates import m_step
 
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class NaturalOptions:
     """Settings of the natural-gradient engine.
 
@@ -180,122 +180,156 @@ def fit_natural(
     checkpoint, and every rank resumes from it.
     """
     opts = options or NaturalOptions()
-    device = torch.device(device)
+    state = _engine_state(data, spec, seed, opts, torch.device(device), group)
+    check_full_covariance_fits(spec, data.shape[0], data.shape[2], state.device)
+    run = _Run(state, seed, _open_checkpoint(state, seed, checkpoint, checkpoint_every, group))
+    run.start()
+    run.phases()
+    return run.finish(keep_checkpoint)
+
+
+def _engine_state(data, spec: ModelSpec, seed: int, opts: NaturalOptions, device, group) -> EngineState:
+    """The state the phases share: centring, base measure, generator, E-step chunk, tracker, shard."""
     dtype = data.dtype if data.dtype in (torch.float32, torch.float64) else torch.float32
     B, _, D = data.shape
     shard = Shard.of(data.shape[1], group)
-    N = shard.total
-    K = spec.truncation
-    check_full_covariance_fits(spec, B, D, device)
     # per-point width of the chunk's temporaries: (B, n, K) responsibilities and (B, n, D) points; the
     # quadratic forms and scatters block their own wider temporaries (dpmodels.models.quadratic)
     # (4 MiB each: the E-step's transient memory stays far below the data's, which data-parallel
     # ranks split; 16 MiB chunks were no faster and left ~150 MiB of allocator-held temporaries)
-    width = max(K, D)
-    chunk = opts.chunk_size or auto_chunk_size(B, 1, width, E_STEP_ELEMENTS)
-    generator = torch.Generator().manual_seed(seed)
-    start_time = time.perf_counter()
-    minibatch = opts.batch_size is not None and opts.batch_size < N
-    ckpt = None
-    if checkpoint is not None:
-        mark = fingerprint(data, spec, seed, opts, chunk, dtype, device)
-        if group is not None:  # one fingerprint of all shards, in rank order
-            mark["data"] = f"ranks={group.world_size} " + " | ".join(group.all_gather_object(mark["data"]))
-        ckpt = FitCheckpointer(checkpoint, checkpoint_every, mark)
-    saved = _load_checkpoint(ckpt, group)
-    if group is not None and group.rank != 0:
-        ckpt = None  # rank 0 alone writes (and finally removes) the checkpoint
-    tracker = Tracker(N, opts.tol)
+    chunk = opts.chunk_size or auto_chunk_size(B, 1, max(spec.truncation, D), E_STEP_ELEMENTS)
     base_c, shift = centred_base(spec)
-    base_c, shift = base_c.to(device=device), shift.to(device)
-    if saved is not None:
-        params = params_from_state(saved["params"], device)
-        generator.set_state(saved["generator"])
-        tracker.restore(saved["tracker"])
-        warm_info, phase, elapsed = saved["warm_info"], saved["phase"], saved["elapsed"]
-    else:
-        warm = opts.warm_start_points
-        if not minibatch and warm is not None and N > 2 * warm:
-            params, warm_info = _warm_start(data, spec, generator, seed, opts, device, shard)
+    return EngineState(
+        data=data, shift=shift.to(device), base=base_c.to(device=device), spec=spec, options=opts,
+        generator=torch.Generator().manual_seed(seed), device=device, dtype=dtype, chunk=chunk,
+        tracker=Tracker(shard.total, opts.tol), shard=shard,
+    )  # fmt: skip
+
+
+def _open_checkpoint(state: EngineState, seed: int, path, every: float, group) -> FitCheckpointer | None:
+    """The checkpointer of this fit (``None`` without a path), its fingerprint covering every shard."""
+    if path is None:
+        return None
+    mark = fingerprint(state.data, state.spec, seed, state.options, state.chunk, state.dtype, state.device)
+    if group is not None:  # one fingerprint of all shards, in rank order
+        mark["data"] = f"ranks={group.world_size} " + " | ".join(group.all_gather_object(mark["data"]))
+    return FitCheckpointer(path, every, mark)
+
+
+class _Run:
+    """One call of :func:`fit_natural`, in named steps: :meth:`start` (resume from the checkpoint, or
+    initialise: warm start or k-means), :meth:`phases` (minibatch SVI, then full batch with merges,
+    saving checkpoints through :meth:`on_step`), :meth:`finish` (the checkpoint's fate, the
+    convergence warning, the result in data coordinates)."""
+
+    def __init__(self, state: EngineState, seed: int, ckpt: FitCheckpointer | None):
+        self.state, self.seed = state, seed
+        opts, N = state.options, state.num_points
+        self.minibatch = opts.batch_size is not None and opts.batch_size < N
+        self.group = state.shard.group
+        self.saved = _load_checkpoint(ckpt, self.group)
+        # rank 0 alone writes (and finally removes) the checkpoint
+        self.ckpt = ckpt if self.group is None or self.group.rank == 0 else None
+        self.start_time = time.perf_counter()
+        self.mb_steps, self.last_full = 0, []  # the full phase's latest state function (final save)
+        state.on_step = self.on_step
+
+    def start(self) -> None:
+        state, saved, opts = self.state, self.saved, self.state.options
+        if saved is not None:
+            self.params = params_from_state(saved["params"], state.device)
+            state.generator.set_state(saved["generator"])
+            state.tracker.restore(saved["tracker"])
+            self.warm_info, self.phase, self.elapsed = saved["warm_info"], saved["phase"], saved["elapsed"]
+            return
+        warm, data, spec, shard = opts.warm_start_points, state.data, state.spec, state.shard
+        if not self.minibatch and warm is not None and state.num_points > 2 * warm:
+            self.params, self.warm_info = _warm_start(
+                data, spec, state.generator, self.seed, opts, state.device, shard
+            )
         else:
-            params = initial_params(data, spec, generator, opts.init_subsample, device, shard)[0]
-            warm_info = None
-        phase, elapsed = ("minibatch" if minibatch else "full"), 0.0
+            self.params = initial_params(
+                data, spec, state.generator, opts.init_subsample, state.device, shard
+            )[0]
+            self.warm_info = None
+        self.phase, self.elapsed = ("minibatch" if self.minibatch else "full"), 0.0
 
-    last_full = []  # the full phase's latest state function (for the final save)
-
-    def on_step(name: str, state_fn, current: VariationalParams, force: bool = False) -> None:
-        if ckpt is None:
+    def on_step(self, name: str, state_fn, current: VariationalParams, force: bool = False) -> None:
+        if self.ckpt is None:
             return
         if name == "full":
-            last_full[:] = [state_fn]
-        if not (force or ckpt.due()):
+            self.last_full[:] = [state_fn]
+        if not (force or self.ckpt.due()):
             return
-        ckpt.save(
+        self.ckpt.save(
             {
                 "phase": name,
                 name: state_fn(),
                 "params": params_to_state(current),
-                "generator": generator.get_state(),
-                "tracker": tracker.state(),
-                "warm_info": warm_info,
-                "mb_steps": mb_steps,
-                "elapsed": elapsed + time.perf_counter() - start_time,
+                "generator": self.state.generator.get_state(),
+                "tracker": self.state.tracker.state(),
+                "warm_info": self.warm_info,
+                "mb_steps": self.mb_steps,
+                "elapsed": self.elapsed + time.perf_counter() - self.start_time,
             }
         )
 
-    total = opts.max_epochs * (N // opts.batch_size) if minibatch else opts.max_iter
-    mb_steps = 0
-    with tqdm(total=total, desc=f"natural VI (B={B}, K={K})", disable=not opts.progress, leave=False) as bar:
-        if phase == "minibatch":
-            params, mb_steps = minibatch_phase(
-                data, shift, params, base_c, spec, opts, generator, device, dtype, tracker, bar, on_step,
-                saved["minibatch"] if saved is not None else None, shard,
-            )  # fmt: skip
-        elif minibatch:
-            mb_steps = saved["mb_steps"]
-        resume_full = saved.get("full") if saved is not None and phase == "full" else None
-        passes = max(1, opts.final_passes if minibatch else opts.max_iter)  # at least one full pass
-        params, elbo, counts, conv, steps, n_merges, last_change = full_batch_phase(
-            data, shift, params, base_c, spec, opts, passes, chunk, device, dtype, tracker, bar, on_step,
-            resume_full, shard,
-        )  # fmt: skip
-        n_steps = mb_steps + steps
-    if ckpt is not None:
-        if keep_checkpoint and last_full:
-            on_step("full", last_full[0], params, force=True)
-        elif not keep_checkpoint:
-            ckpt.remove()
-    converged = bool(conv.all())
-    if not converged:
-        warnings.warn(
-            f"natural VI stopped after {n_steps} steps without converging ({int((~conv).sum())} of {B} fits): "
-            f"last ELBO change {last_change:.2e} nats/point > tol={opts.tol:.0e}; "
-            "raise max_iter (or final_passes) or loosen tol.",
-            ConvergenceWarning,
-            stacklevel=2,
+    def phases(self) -> None:
+        state, opts, saved = self.state, self.state.options, self.saved
+        B, K = state.data.shape[0], state.spec.truncation
+        total = opts.max_epochs * (state.num_points // opts.batch_size) if self.minibatch else opts.max_iter
+        desc = f"natural VI (B={B}, K={K})"
+        with tqdm(total=total, desc=desc, disable=not opts.progress, leave=False) as state.bar:
+            if self.phase == "minibatch":
+                resume = saved["minibatch"] if saved is not None else None
+                self.params, self.mb_steps = minibatch_phase(state, self.params, resume)
+            elif self.minibatch:
+                self.mb_steps = saved["mb_steps"]
+            resume_full = saved.get("full") if saved is not None and self.phase == "full" else None
+            passes = max(1, opts.final_passes if self.minibatch else opts.max_iter)  # at least one full pass
+            out = full_batch_phase(state, self.params, passes, resume_full)
+            self.params, self.elbo, self.counts, self.conv, steps, self.n_merges, self.last_change = out
+            self.n_steps = self.mb_steps + steps
+        state.bar = None
+
+    def finish(self, keep_checkpoint: bool) -> FitResult:
+        state, opts, conv = self.state, self.state.options, self.conv
+        if self.ckpt is not None:
+            if keep_checkpoint and self.last_full:
+                self.on_step("full", self.last_full[0], self.params, force=True)
+            elif not keep_checkpoint:
+                self.ckpt.remove()
+        if not bool(conv.all()):
+            warnings.warn(
+                f"natural VI stopped after {self.n_steps} steps without converging ({int((~conv).sum())} of "
+                f"{len(conv)} fits): last ELBO change {self.last_change:.2e} nats/point > tol={opts.tol:.0e}; "
+                "raise max_iter (or final_passes) or loosen tol.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        dtype, params = state.dtype, self.params
+        out = params.map(lambda t: t.to(dtype))
+        out.mean = (params.mean + state.shift.unsqueeze(1)).to(dtype)
+        group, shard = self.group, state.shard
+        return FitResult(
+            params=out,
+            spec=state.spec,
+            elbo=self.elbo.cpu(),
+            elbo_history=torch.stack(state.tracker.history),
+            counts=self.counts.to(dtype).cpu(),
+            num_points=state.num_points,
+            n_iter=self.n_steps,
+            converged=conv,
+            fit_seconds=self.elapsed + time.perf_counter() - self.start_time,
+            engine="natural",
+            info={
+                "chunk_size": state.chunk,
+                "minibatch": self.minibatch,
+                "merges": self.n_merges,
+                "warm_start": self.warm_info,
+                **({} if group is None else {"world_size": group.world_size, "local_points": shard.local}),
+            },
         )
-    out = params.map(lambda t: t.to(dtype))
-    out.mean = (params.mean + shift.unsqueeze(1)).to(dtype)
-    return FitResult(
-        params=out,
-        spec=spec,
-        elbo=elbo.cpu(),
-        elbo_history=torch.stack(tracker.history),
-        counts=counts.to(dtype).cpu(),
-        num_points=N,
-        n_iter=n_steps,
-        converged=conv,
-        fit_seconds=elapsed + time.perf_counter() - start_time,
-        engine="natural",
-        info={
-            "chunk_size": chunk,
-            "minibatch": minibatch,
-            "merges": n_merges,
-            "warm_start": warm_info,
-            **({} if group is None else {"world_size": group.world_size, "local_points": shard.local}),
-        },
-    )
 
 
 def _load_checkpoint(ckpt: FitCheckpointer | None, group: DataParallel | None):

@@ -5,8 +5,9 @@
   ``rho_t = (t + tau)^-kappa``.
 * :func:`full_batch_phase` — coordinate ascent with merge moves, fit by fit.
 
-Each phase takes ``resume`` (the dict it handed to ``on_step`` earlier, or ``None``) and calls
-``on_step(phase, state_fn, params)`` after every step; ``state_fn()`` returns, as plain tensors and
+Each phase takes the :class:`EngineState` (data, shift, base measure, options, generator, device,
+dtype, tracker, shard), the current parameters and ``resume`` (the dict it handed to ``on_step``
+earlier, or ``None``), and calls ``state.on_step(phase, state_fn, params)`` after every step; ``state_fn()`` returns, as plain tensors and
 numbers, everything the phase needs to continue exactly from that point.
 
 Determinism: on CPU every operation here is deterministic for a fixed number of threads (torch's
@@ -17,17 +18,19 @@ and cuBLAS may pick different kernels: GPU fits agree to round-off, not bit for 
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
+from ..distributed import Shard
 from ..models.family import VariationalParams
 from .merge import candidate_pairs, try_merges
 from .result import full_pass, reduce_stats
 from .updates import Stats, e_step, elbo_from_stats, m_step, select_fits
 
-__all__ = ["Tracker", "minibatch_phase", "full_batch_phase"]
+__all__ = ["EngineState", "Tracker", "minibatch_phase", "full_batch_phase"]
 
 
 class Tracker:
@@ -50,6 +53,56 @@ class Tracker:
 
     def restore(self, state: dict) -> None:
         self.history, self.change = list(state["history"]), state["change"]
+
+
+def _no_step(name: str, state_fn, params: VariationalParams, force: bool = False) -> None:
+    """The default step callback: nothing to save."""
+
+
+@dataclass
+class EngineState:
+    """What every phase of the natural engine reads, in one place.
+
+    ``data (B, N_local, D)`` (tensor or :class:`~dpmodels.data.PointSource`; this rank's shard when
+    data-parallel), ``shift (B, D)`` (the centring the parameters live in), ``base`` (the centred
+    base measure), ``spec`` and ``options`` (:class:`~dpmodels.infer.NaturalOptions`), the random
+    ``generator``, ``device`` and ``dtype`` of the E-step, ``chunk`` (points per E-step chunk), the
+    ELBO ``tracker``, the :class:`~dpmodels.distributed.Shard` (global point count, reductions), the
+    progress ``bar`` and ``on_step(phase, state_fn, params, force=False)``, called after every step.
+    """
+
+    data: object
+    shift: Tensor
+    base: object
+    spec: object
+    options: object
+    generator: torch.Generator
+    device: torch.device
+    dtype: torch.dtype
+    chunk: int
+    tracker: Tracker
+    shard: Shard
+    bar: object = None
+    on_step: Callable = _no_step
+
+    @property
+    def num_points(self) -> int:
+        """``N`` over all ranks."""
+        return self.shard.total
+
+    def statistics(self, params: VariationalParams, fits: Tensor | None = None, pairs: Tensor | None = None):
+        """One pass over all points (all ranks): :func:`~dpmodels.infer.result.full_pass` for ``params``
+        (restricted to ``fits``, with ``shift`` restricted alike), with merge terms when ``pairs``."""
+        shift = self.shift if fits is None else self.shift[fits]
+        return full_pass(
+            self.data, shift, params, self.chunk, self.device, self.dtype, pairs, fits, self.shard
+        )
+
+    def update_bar(self, **postfix) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if postfix:
+                self.bar.set_postfix(**postfix)
 
 
 def _stats_state(stats: Stats | None) -> dict | None:
@@ -83,30 +136,22 @@ def _m_step_sorted(stats: Stats, params: VariationalParams, base_c, spec, sort: 
     return select_fits(better, cand, new), torch.where(better, cand_elbo, elbo)
 
 
-def minibatch_phase(
-    data,
-    shift,
-    params,
-    base_c,
-    spec,
-    opts,
-    generator,
-    device,
-    dtype,
-    tracker,
-    bar,
-    on_step,
-    resume,
-    shard=None,
-):
-    """SVI epochs over ``data (B, N, D)``; returns ``(params, steps)``.
+def minibatch_phase(state: EngineState, params: VariationalParams, resume: dict | None):
+    """SVI epochs over all points; returns ``(params, steps)``.
 
-    Data-parallel (``shard`` with a group), every rank draws the same permutation of the global
-    indices (a shared generator), computes the statistics of the minibatch's points it holds, and
-    the statistics are summed over ranks: the same steps as one process with all the data."""
-    B, N, D = data.shape
-    if shard is not None:
-        N = shard.total
+    Data-parallel, every rank draws the same permutation of the global indices (a shared
+    generator), computes the statistics of the minibatch's points it holds, and the statistics are
+    summed over ranks: the same steps as one process with all the data."""
+    data, shift, base_c, spec, opts = state.data, state.shift, state.base, state.spec, state.options
+    generator, device, dtype, tracker, shard = (
+        state.generator,
+        state.device,
+        state.dtype,
+        state.tracker,
+        state.shard,
+    )
+    B, _, D = data.shape
+    N = state.num_points
     M = opts.batch_size
     r = resume or {"epoch": 0, "start": 0, "perm": None, "stats": None, "step": 0, "epoch_elbo": []}
     stats, step, perm, first = _stats_from(r["stats"], device), r["step"], r["perm"], r["start"]
@@ -115,9 +160,7 @@ def minibatch_phase(
         if perm is None:
             perm, epoch_elbo, first = torch.randperm(N, generator=generator), [], 0
         for start in range(first, N - M + 1, M):
-            idx = perm[start : start + M].sort().values
-            if shard is not None:
-                idx = shard.local_rows(idx)
+            idx = shard.local_rows(perm[start : start + M].sort().values)
             x = data[:, idx].to(device=device, dtype=dtype) - shift.to(dtype).unsqueeze(1)
             params_c = params.map(lambda t: t.to(dtype))
             local = e_step(params_c, x)[0] if len(idx) else _zero_stats(params_c, B, D)
@@ -127,9 +170,9 @@ def minibatch_phase(
             params = m_step(stats, base_c, spec.prior, params)
             epoch_elbo.append(elbo_from_stats(stats, params, base_c, spec.prior))
             step += 1
-            bar.update(1)
-            state = {"epoch": epoch, "start": start + M, "perm": perm, "stats": stats, "step": step}
-            on_step("minibatch", lambda s=state, e=list(epoch_elbo): _mb_state(s, e), params)
+            state.update_bar()
+            saved = {"epoch": epoch, "start": start + M, "perm": perm, "stats": stats, "step": step}
+            state.on_step("minibatch", lambda s=saved, e=list(epoch_elbo): _mb_state(s, e), params)
         tracker.add(torch.stack(epoch_elbo).mean(0))
         perm = None
         if tracker.change is not None and bool((tracker.change < 10 * opts.tol).all()):
@@ -149,15 +192,11 @@ def _mb_state(state: dict, epoch_elbo: list[Tensor]) -> dict:
     return {**state, "stats": _stats_state(state["stats"]), "epoch_elbo": [e.cpu() for e in epoch_elbo]}
 
 
-def _subset(params: VariationalParams, base_c, shift: Tensor, fits: Tensor | None):
+def _subset(params: VariationalParams, base_c, fits: Tensor | None):
     if fits is None:
-        return params, base_c, shift
+        return params, base_c
     fields = ("mean", "mean_precision", "dof", "scale")
-    return (
-        params.map(lambda t: t[fits]),
-        replace(base_c, **{f: getattr(base_c, f)[fits] for f in fields}),
-        shift[fits],
-    )
+    return params.map(lambda t: t[fits]), replace(base_c, **{f: getattr(base_c, f)[fits] for f in fields})
 
 
 def _scatter(params: VariationalParams, fits: Tensor | None, new: VariationalParams) -> VariationalParams:
@@ -183,15 +222,13 @@ def _fresh_full_state(B: int, K: int, device) -> dict:
     }
 
 
-def full_batch_phase(
-    data, shift, params, base_c, spec, opts, passes, chunk, device, dtype, tracker, bar, on_step, resume,
-    shard=None,
-):  # fmt: skip
+def full_batch_phase(state: EngineState, params: VariationalParams, passes: int, resume: dict | None):
     """Coordinate ascent with merge checks, fit by fit: a fit that has converged (small ELBO change
     and no merge left that raises its ELBO) drops out of the computation while the others go on.
 
     Returns ``(params, elbo (B,), counts (B, K), converged (B,), steps, n_merges, last_change)``."""
-    B, N = data.shape[0], (data.shape[1] if shard is None else shard.total)
+    base_c, spec, opts, device = state.base, state.spec, state.options, state.device
+    B, N = state.data.shape[0], state.num_points
     s = _fresh_full_state(B, spec.truncation, device) if resume is None else dict(resume)
     active, want_check, rounds, last = s["active"], s["want_check"], s["rounds"], s["last"]
     elbo, counts = s["elbo"].to(device), s["counts"].to(device)
@@ -201,16 +238,16 @@ def full_batch_phase(
         if len(act) == 0:
             break
         fits = None if len(act) == B else act.to(device)
-        p_sub, b_sub, s_sub = _subset(params, base_c, shift, fits)
+        p_sub, b_sub = _subset(params, base_c, fits)
         can_merge = opts.merge & (rounds[act] < opts.max_merge_rounds)
         due = it > 0 and it % opts.merge_every == 0
         check = can_merge & (want_check[act] | due)
         if bool(check.any()):
             pairs, valid = candidate_pairs(p_sub, counts if fits is None else counts[fits])
             valid = valid & check.to(valid.device).unsqueeze(-1)  # merge only the fits that are due
-            stats, comp, pair = full_pass(data, s_sub, p_sub, chunk, device, dtype, pairs, fits, shard)
+            stats, comp, pair = state.statistics(p_sub, fits, pairs)
         else:
-            stats = full_pass(data, s_sub, p_sub, chunk, device, dtype, fits=fits, shard=shard)
+            stats = state.statistics(p_sub, fits)
         new, new_elbo = _m_step_sorted(stats, p_sub, b_sub, spec, opts.sort_components)
         merged = torch.zeros(len(act), dtype=torch.bool)
         if bool(check.any()):
@@ -231,16 +268,15 @@ def full_batch_phase(
         done = small & ~merged & (check | ~can_merge)
         want_check[act] = small & can_merge & ~check
         active[act[done]] = False
-        tracker.history.append((elbo / N).cpu().clone())
+        state.tracker.history.append((elbo / N).cpu().clone())
         steps += 1
-        bar.update(1)
-        bar.set_postfix(elbo_per_point=f"{float(elbo.mean() / N):.4f}", active=int(active.sum()))
-        state = {
+        state.update_bar(elbo_per_point=f"{float(elbo.mean() / N):.4f}", active=int(active.sum()))
+        saved = {
             "it": it + 1, "active": active.clone(), "want_check": want_check.clone(), "rounds": rounds.clone(),
             "elbo": elbo.cpu().clone(), "counts": counts.cpu().clone(), "last": last.clone(),
             "steps": steps, "n_merges": n_merges,
         }  # fmt: skip
-        on_step("full", lambda st=state: st, params)
+        state.on_step("full", lambda st=saved: st, params)
     finite = last[torch.isfinite(last)]
     last_change = float(finite.max()) if len(finite) else float("nan")
     return params, elbo, counts, ~active, steps, n_merges, last_change

@@ -31,7 +31,7 @@ from .updates import elbo_from_stats
 __all__ = ["PyroOptions", "fit_pyro"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class PyroOptions:
     max_steps: int = 2000
     learning_rate: float = 0.01
