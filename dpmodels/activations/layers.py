@@ -30,12 +30,28 @@ from ._graph import (
     container_names,
     layer_names,
     module_type,
+    preserve_mode,
     to_map,
 )
 from .geometry import layer_geometry
 from .types import LayerGeometry
 
-__all__ = ["ACTIVATIONS", "LayerInfo", "conv_layers", "format_layers", "list_layers"]
+__all__ = [
+    "ACTIVATIONS",
+    "LayerInfo",
+    "Tap",
+    "check_layer_names",
+    "container_names",
+    "conv_layers",
+    "format_layers",
+    "layer_names",
+    "list_layers",
+    "preserve_mode",
+    "probe_layers",
+    "probe_names",
+]
+# Tap, layer_names, check_layer_names, container_names and preserve_mode come from the private
+# ._graph module; other packages import them from here.
 
 # module classes and function names counted as nonlinearities by ``conv_layers``
 ACTIVATIONS = frozenset(
@@ -100,7 +116,7 @@ def _layout(o, o2, size, patch) -> Layout | None:
     return None
 
 
-def _probe(model: nn.Module, names: Sequence[str], mode: str, input_size, device) -> dict[str, tuple]:
+def probe_layers(model: nn.Module, names: Sequence[str], mode: str, input_size, device) -> dict[str, tuple]:
     """``{name: (shape (C_l, H_l, W_l), Layout)}`` for the nodes among ``names`` that are layers."""
     net = copy.deepcopy(model).to(device).eval()
     try:
@@ -128,7 +144,7 @@ def _probe(model: nn.Module, names: Sequence[str], mode: str, input_size, device
     return result
 
 
-def _names(model: nn.Module, layers: Sequence[str] | None) -> tuple[list[str], str]:
+def probe_names(model: nn.Module, layers: Sequence[str] | None) -> tuple[list[str], str]:
     """Node names to probe (``layers`` checked, container names allowed) and the tap mode."""
     names, mode = layer_names(model)
     if layers is not None:  # container modules ("layer1") are valid too: their last node's output
@@ -150,8 +166,8 @@ def list_layers(
     geometry probes, which cost a backward pass per layer) to those names. The model is not changed
     (all probing happens on a deep copy)."""
     input_size = _check_input_size(input_size)
-    names, mode = _names(model, layers)
-    probed = _probe(model, names, mode, input_size, device)
+    names, mode = probe_names(model, layers)
+    probed = probe_layers(model, names, mode, input_size, device)
     if layers is not None and len(probed) < len(names):
         flat = [n for n in names if n not in probed]
         raise ValueError(
@@ -212,7 +228,7 @@ def conv_layers(
     children = dict(model.named_children())
     if mode == "fx" and all(f"layer{i}" in children for i in range(1, 5)) and "relu" in names:
         return ["relu", "layer1", "layer2", "layer3", "layer4"]
-    probed = _probe(model, names, mode, input_size, device)
+    probed = probe_layers(model, names, mode, input_size, device)
     kinds = {n: module_type(model, n) for n in names if n in probed}
     if mode == "hooks":  # a hooked container repeats its last child's output: keep leaf modules only
         kinds = {n: k for n, k in kinds.items() if not list(model.get_submodule(n).children())}

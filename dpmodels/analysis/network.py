@@ -109,7 +109,7 @@ def check_layers(
         if layers is not None:
             raise ValueError("layers.names is an empty list; give node names or null for the conv layers.")
         return
-    from ..activations._graph import check_layer_names, container_names, layer_names
+    from ..activations.layers import check_layer_names, container_names, layer_names
 
     kwargs = {"widths": list(widths)} if name == "small_cnn" else {}
     with torch.random.fork_rng(devices=[]):

@@ -24,8 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from ..activations import extract
-from ..activations._graph import Tap, layer_names, preserve_mode
-from ..activations.layers import _names, _probe
+from ..activations.layers import Tap, layer_names, preserve_mode, probe_layers, probe_names
 from ..analysis.fitting import read_points
 from ..data.bundled import load_bundled
 from ..data.digits import digits_images
@@ -131,7 +130,7 @@ def _pooled(
     applied; no geometry probe: one forward pass per batch)."""
     x = images.images
     names, mode = layer_names(model)
-    probed = _probe(model, _names(model, list(layers))[0], mode, tuple(x.shape[1:]), "cpu")
+    probed = probe_layers(model, probe_names(model, list(layers))[0], mode, tuple(x.shape[1:]), "cpu")
     missing = [n for n in layers if n not in probed]
     if missing:
         raise ValueError(f"layers {missing} are not spatial layers of {type(model).__name__}.")
