@@ -16,6 +16,7 @@ import copy
 import logging
 import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,77 @@ def extract(
     ``store``, each rank writes its shard to ``store/rank<r>`` (the usual store format, the manifest
     naming the shard). ``False`` (the default): all images, this process alone.
     """
+    plan = _plan(
+        model, images, layers, batch_size, device, positions_per_image, standardize, pca_dim, transforms, store,
+        overwrite, seed, progress, normalize, smooth, distributed,
+    )  # fmt: skip
+    sinks = {n: _LayerSink(plan, n, info) for n, info in plan.infos.items()}
+    _forward_passes(plan, sinks)
+    result = {n: sink.finish(plan) for n, sink in sinks.items()}
+    if plan.directory is not None:
+        atomic_write_json(
+            plan.directory / MANIFEST,
+            {
+                "layers": plan.stems,
+                "image_names": list(plan.names),
+                "num_images": plan.num_images,
+                **plan.shard_note,
+            },
+        )
+    return result
+
+
+@dataclass
+class _Plan:
+    """The checked settings of one :func:`extract` call: this rank's images ``x`` (global numbers
+    ``lo..hi``), the model on ``device``, the layers' geometry (``infos``), the normalisation, the
+    transforms to fit or apply, and where the points go (memory or ``directory``)."""
+
+    model: nn.Module
+    x: Tensor
+    names: list[str]
+    num_images: int
+    lo: int
+    hi: int
+    group: object
+    device: torch.device
+    batch_size: int
+    positions_per_image: int | None
+    standardize: bool
+    pca_dim: int | None
+    transforms: dict | None
+    seed: int
+    progress: bool
+    normalize: tuple | None
+    smooth: int | None
+    infos: dict
+    mode: str
+    stems: dict[str, str]
+    directory: Path | None
+
+    @property
+    def fitting(self) -> bool:
+        return self.standardize or self.pca_dim is not None
+
+    @property
+    def shard_note(self) -> dict:
+        if self.group is None:
+            return {}
+        return {
+            "shard": {
+                "rank": self.group.rank,
+                "world_size": self.group.world_size,
+                "images": [self.lo, self.hi],
+            }
+        }
+
+
+def _plan(
+    model, images, layers, batch_size, device, positions_per_image, standardize, pca_dim, transforms, store,
+    overwrite, seed, progress, normalize, smooth, distributed,
+) -> _Plan:  # fmt: skip
+    """Check every argument (one clear error each), take this rank's share of the images, resolve
+    the layers and their geometry, and prepare the store."""
     x, names = as_images(images)
     I, C, H, W = x.shape
     group = resolve_group(distributed, device)
@@ -185,22 +257,7 @@ def extract(
             f"{type(model).__name__}'s first Conv2d takes {expected} input channels, the images have {C}; "
             f"convert them (ImageSet.with_channels({expected})) or use a model built for {C} channels."
         )
-    preprocessing = model_preprocessing(model)
-    if normalize is None and preprocessing is not None:
-        if preprocessing.channels != C:
-            raise ValueError(
-                f"{type(model).__name__} expects {preprocessing.channels}-channel {preprocessing.colour} images "
-                f"({preprocessing.source}), the images have {C}; convert them (ImageSet.with_channels("
-                f"{preprocessing.channels}))."
-            )
-        normalize = (preprocessing.mean, preprocessing.std)
-    if normalize is not None:
-        mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in normalize)
-        if mean.numel() not in (1, C) or std.numel() not in (1, C) or bool((std <= 0).any()):
-            raise ValueError(
-                f"normalize must be (mean, std) with 1 or {C} values each and std > 0, got {normalize}."
-            )
-        x_norm = (mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1))
+    normalize = _normalization(model, normalize, C)
     if model_device(model) not in (None, dev):
         log.info(
             "model is on %s, extraction on %s: using a copy of the model on %s.",
@@ -215,109 +272,140 @@ def extract(
     layers = list(infos)
     if transforms is not None:
         transforms = check_transforms(transforms, layers, {n: i.shape[0] for n, i in infos.items()})
-    fitting = standardize or pca_dim is not None
     stems = safe_stems(layers)
     directory = None if store is None else Path(store)
     if directory is not None and group is not None:
         directory = directory / f"rank{group.rank}"
     if directory is not None:
         _prepare_store(directory, stems, overwrite)
+    return _Plan(
+        model, x, names, I, lo, hi, group, dev, batch_size, positions_per_image, bool(standardize), pca_dim,
+        transforms, seed, progress, normalize, smooth, infos, layer_names(model)[1], stems, directory,
+    )  # fmt: skip
 
-    samplers, sinks, moments = {}, {}, {}
-    for n, info in infos.items():
-        Cl, Hl, Wl = info.shape
-        k = Hl * Wl if positions_per_image is None else min(positions_per_image, Hl * Wl)
-        samplers[n] = _Sampler(n, seed, Hl * Wl, k)
-        samplers[n].skip(lo)
-        N = (hi - lo) * k
-        D = transforms[n].out_features if transforms is not None else Cl
-        if directory is None:
-            sinks[n] = (torch.empty(N, D), torch.empty(N, 3, dtype=torch.long), [0])
-        else:
-            raw = directory / f"{stems[n]}{'.raw' if fitting else ''}.npy"
-            sinks[n] = (
-                RowWriter(raw, (N, Cl if fitting else D), np.float32),
-                RowWriter(directory / f"{stems[n]}.index.npy", (N, 3), np.int64),
-                None,
+
+def _normalization(model: nn.Module, normalize, channels: int) -> tuple | None:
+    """``(mean, std)`` per input channel: ``normalize`` when given, else the model's own
+    preprocessing (pretrained networks), else ``None``; checked against the images' channels."""
+    preprocessing = model_preprocessing(model)
+    if normalize is None and preprocessing is not None:
+        if preprocessing.channels != channels:
+            raise ValueError(
+                f"{type(model).__name__} expects {preprocessing.channels}-channel {preprocessing.colour} images "
+                f"({preprocessing.source}), the images have {channels}; convert them (ImageSet.with_channels("
+                f"{preprocessing.channels}))."
             )
-        moments[n] = Moments(Cl)
+        normalize = (preprocessing.mean, preprocessing.std)
+    if normalize is not None:
+        mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in normalize)
+        if mean.numel() not in (1, channels) or std.numel() not in (1, channels) or bool((std <= 0).any()):
+            raise ValueError(
+                f"normalize must be (mean, std) with 1 or {channels} values each and std > 0, got {normalize}."
+            )
+    return normalize
 
-    _, mode = layer_names(model)
-    with preserve_mode(model):
-        model.eval()
-        tap = Tap(model, layers, mode, layouts={n: info.layout for n, info in infos.items()})
-        bar = tqdm(total=hi - lo, desc="extract", unit="img", disable=not progress)
-        with torch.no_grad():
-            for i0 in range(0, hi - lo, batch_size):
-                xb = x[i0 : i0 + batch_size].to(dev)  # (b, C, H, W)
-                if normalize is not None:
-                    xb = (xb - x_norm[0].to(dev)) / x_norm[1].to(dev)
-                outs = tap(xb)
-                b = xb.shape[0]
-                for n, o in outs.items():
-                    if smooth is not None:
-                        o = smooth_maps(o, smooth)  # local mean per channel  (b, C, H_l, W_l)
-                    Cl, Hl, Wl = o.shape[1:]
-                    flat = o.float().permute(0, 2, 3, 1).reshape(b, Hl * Wl, Cl).cpu()  # (b, H_l W_l, C)
-                    sel = torch.from_numpy(np.array(samplers[n](b), dtype=np.int64))  # writable copy  (b, k)
-                    pts = torch.gather(flat, 1, sel[..., None].expand(-1, -1, Cl)).reshape(-1, Cl)  # (b k, C)
-                    img = torch.arange(lo + i0, lo + i0 + b).repeat_interleave(sel.shape[1])  # (b k,)
-                    idx = torch.stack([img, (sel // Wl).reshape(-1), (sel % Wl).reshape(-1)], 1)  # (b k, 3)
-                    if fitting:
-                        moments[n].update(pts)
-                    elif transforms is not None:
-                        pts = transforms[n].apply(pts)
-                    points, index, cursor = sinks[n]
-                    if cursor is None:
-                        points.write(pts.numpy())
-                        index.write(idx.numpy())
-                    else:
-                        points[cursor[0] : cursor[0] + len(pts)] = pts
-                        index[cursor[0] : cursor[0] + len(pts)] = idx
-                        cursor[0] += len(pts)
-                bar.update(b)
-        bar.close()
 
-    result = {}
-    for n, info in infos.items():
+class _LayerSink:
+    """Where one layer's positions go while the batches arrive (memory, or the store's files), with
+    the seeded position sampler and the moments a fitted transform needs."""
+
+    def __init__(self, plan: _Plan, name: str, info):
+        Cl, Hl, Wl = info.shape
+        k = Hl * Wl if plan.positions_per_image is None else min(plan.positions_per_image, Hl * Wl)
+        self.name, self.info = name, info
+        self.sampler = _Sampler(name, plan.seed, Hl * Wl, k)
+        self.sampler.skip(plan.lo)
+        N = (plan.hi - plan.lo) * k
+        D = plan.transforms[name].out_features if plan.transforms is not None else Cl
+        self.cursor: int | None = 0
+        if plan.directory is None:
+            self.points, self.index = torch.empty(N, D), torch.empty(N, 3, dtype=torch.long)
+        else:
+            stem = plan.stems[name]
+            raw = plan.directory / f"{stem}{'.raw' if plan.fitting else ''}.npy"
+            self.points = RowWriter(raw, (N, Cl if plan.fitting else D), np.float32)
+            self.index = RowWriter(plan.directory / f"{stem}.index.npy", (N, 3), np.int64)
+            self.cursor = None
+        self.moments = Moments(Cl)
+
+    def add(self, plan: _Plan, o: Tensor, first_image: int) -> None:
+        """One batch's map ``o (b, C, H_l, W_l)`` of images ``first_image ...`` (global numbers)."""
+        if plan.smooth is not None:
+            o = smooth_maps(o, plan.smooth)  # local mean per channel  (b, C, H_l, W_l)
+        b, Cl, Hl, Wl = o.shape
+        flat = o.float().permute(0, 2, 3, 1).reshape(b, Hl * Wl, Cl).cpu()  # (b, H_l W_l, C)
+        sel = torch.from_numpy(np.array(self.sampler(b), dtype=np.int64))  # writable copy  (b, k)
+        pts = torch.gather(flat, 1, sel[..., None].expand(-1, -1, Cl)).reshape(-1, Cl)  # (b k, C)
+        img = torch.arange(first_image, first_image + b).repeat_interleave(sel.shape[1])  # (b k,)
+        idx = torch.stack([img, (sel // Wl).reshape(-1), (sel % Wl).reshape(-1)], 1)  # (b k, 3)
+        if plan.fitting:
+            self.moments.update(pts)
+        elif plan.transforms is not None:
+            pts = plan.transforms[self.name].apply(pts)
+        if self.cursor is None:
+            self.points.write(pts.numpy())
+            self.index.write(idx.numpy())
+        else:
+            self.points[self.cursor : self.cursor + len(pts)] = pts
+            self.index[self.cursor : self.cursor + len(pts)] = idx
+            self.cursor += len(pts)
+
+    def finish(self, plan: _Plan) -> LayerActivations:
+        """Fit (on all ranks' moments) or take the transform, apply it, and describe the layer."""
+        n, info, directory = self.name, self.info, plan.directory
         notes: dict = {}
-        transform = None if transforms is None else transforms[n]
-        if fitting:
-            merged = moments[n] if group is None else moments[n].merged(group)
-            transform, notes = fit_transform(merged, standardize, pca_dim, n)
-        points, index, cursor = sinks[n]
-        if cursor is None:
+        transform = None if plan.transforms is None else plan.transforms[n]
+        if plan.fitting:
+            merged = self.moments if plan.group is None else self.moments.merged(plan.group)
+            transform, notes = fit_transform(merged, plan.standardize, plan.pca_dim, n)
+        points, index = self.points, self.index
+        if self.cursor is None:
             points.close()
             index.close()
-            if fitting:
-                transform_file(points.path, directory / f"{stems[n]}.npy", transform, progress)
-            points = np.load(directory / f"{stems[n]}.npy", mmap_mode="r")
-            index = torch.from_numpy(np.load(directory / f"{stems[n]}.index.npy", mmap_mode="c"))
-        elif fitting:
+            if plan.fitting:
+                transform_file(points.path, directory / f"{plan.stems[n]}.npy", transform, plan.progress)
+            points = np.load(directory / f"{plan.stems[n]}.npy", mmap_mode="r")
+            index = torch.from_numpy(np.load(directory / f"{plan.stems[n]}.index.npy", mmap_mode="c"))
+        elif plan.fitting:
             points = apply_blocks(points, transform)
+        normalize = plan.normalize
         meta = {
-            "layer_type": info.module_type, "channels": info.shape[0], "positions_per_image": positions_per_image,
-            "seed": seed, "standardize": standardize, "pca_dim": pca_dim, "transfer": transforms is not None,
-            "model": type(model).__name__, "tap": mode, "store": None if directory is None else str(directory),
-            "smooth": smooth, "unsmoothed_receptive_field": list(info.geometry.receptive_field),
-            "layout": info.layout.kind, "normalize": None if normalize is None else [list(map(float, v)) for v in normalize],
-            **({} if group is None else {"shard": {"rank": group.rank, "world_size": group.world_size, "images": [lo, hi]}}),
-            **notes,
+            "layer_type": info.module_type, "channels": info.shape[0], "positions_per_image": plan.positions_per_image,
+            "seed": plan.seed, "standardize": plan.standardize, "pca_dim": plan.pca_dim,
+            "transfer": plan.transforms is not None, "model": type(plan.model).__name__, "tap": plan.mode,
+            "store": None if directory is None else str(directory), "smooth": plan.smooth,
+            "unsmoothed_receptive_field": list(info.geometry.receptive_field), "layout": info.layout.kind,
+            "normalize": None if normalize is None else [list(map(float, v)) for v in normalize],
+            **plan.shard_note, **notes,
         }  # fmt: skip
-        geometry = smooth_geometry(info.geometry, smooth)
-        acts = LayerActivations(n, points, index, geometry, I, transform, list(names), meta)
+        geometry = smooth_geometry(info.geometry, plan.smooth)
+        acts = LayerActivations(
+            n, points, index, geometry, plan.num_images, transform, list(plan.names), meta
+        )
         if directory is not None:
             if transform is not None:
-                save_transform(directory / f"{stems[n]}.transform.npz", transform)
-            atomic_write_json(directory / f"{stems[n]}.json", layer_record(acts, stems[n]))
-        result[n] = acts
-    if directory is not None:
-        shard = (
-            {}
-            if group is None
-            else {"shard": {"rank": group.rank, "world_size": group.world_size, "images": [lo, hi]}}
+                save_transform(directory / f"{plan.stems[n]}.transform.npz", transform)
+            atomic_write_json(directory / f"{plan.stems[n]}.json", layer_record(acts, plan.stems[n]))
+        return acts
+
+
+def _forward_passes(plan: _Plan, sinks: dict[str, _LayerSink]) -> None:
+    """Batched forward passes of this rank's images; every tapped layer's map goes to its sink."""
+    model, dev = plan.model, plan.device
+    if plan.normalize is not None:
+        mean, std = (
+            torch.as_tensor(v, dtype=torch.float32).reshape(1, -1, 1, 1).to(dev) for v in plan.normalize
         )
-        atomic_write_json(
-            directory / MANIFEST, {"layers": stems, "image_names": list(names), "num_images": I, **shard}
-        )
-    return result
+    with preserve_mode(model):
+        model.eval()
+        tap = Tap(model, list(plan.infos), plan.mode, layouts={n: i.layout for n, i in plan.infos.items()})
+        bar = tqdm(total=plan.hi - plan.lo, desc="extract", unit="img", disable=not plan.progress)
+        with torch.no_grad():
+            for i0 in range(0, plan.hi - plan.lo, plan.batch_size):
+                xb = plan.x[i0 : i0 + plan.batch_size].to(dev)  # (b, C, H, W)
+                if plan.normalize is not None:
+                    xb = (xb - mean) / std
+                for n, o in tap(xb).items():
+                    sinks[n].add(plan, o, plan.lo + i0)
+                bar.update(xb.shape[0])
+        bar.close()
