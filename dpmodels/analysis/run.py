@@ -116,12 +116,53 @@ def analyze(
     extracts its share of the images and the fits are data-parallel; then rank 0 gathers the
     layers' points and does the rest alone (maps, concepts, posteriors, figures, metrics) and
     returns the metrics, the other ranks return ``None``."""
-    from ..diagnostics import save_inference_data, to_inference_data  # ArviZ only when needed
-
     out_dir = Path(out_dir)
+    timings: dict[str, float] = {}
+    acts, fits = _extract_and_fit(
+        images, model, out_dir, layers, extraction, fitting, dpgmm, spatial, map_draws, seed, device, progress,
+        group, timings,
+    )  # fmt: skip
+    if acts is None:  # a rank other than 0: its share is done
+        return None
+    t0 = time.perf_counter()
+    results = _LayerResults(dict(concepts or {}))
+    for name, fit in fits.items():
+        results.add(
+            name, fit, acts[name], images, model, out_dir, num_draws, map_draws, baselines, k_max, seed, device,
+            progress, acts,
+        )  # fmt: skip
+    timings["maps_seconds"] = time.perf_counter() - t0
+    timings["concepts_seconds"] = sum(
+        r["concepts"]["seconds"] for r in results.rows.values() if "concepts" in r
+    )
+    metrics = {
+        "layers": results.rows,
+        "data": {
+            "name": images.name,
+            "num_images": len(images),
+            "size": list(images.size),
+            "true_k": _true_k(images),
+            "has_masks": images.masks is not None,
+        },
+        "network": network or {"name": type(model).__name__},
+        "timings": timings,
+        "seed": seed,
+    }
+    if group is not None:
+        metrics["parallel"] = {"world_size": group.world_size, "backend": group.backend}
+    _write_outputs(out_dir, images, metrics, results, dict(figures or {}))
+    return metrics
+
+
+def _extract_and_fit(
+    images, model, out_dir, layers, extraction, fitting, dpgmm, spatial, map_draws, seed, device, progress, group,
+    timings,
+) -> tuple[dict | None, dict]:  # fmt: skip
+    """Step 1 of :func:`analyze`: extract the layers (this rank's images) and fit them (data-parallel
+    with ``group``); data-parallel, rank 0 then gathers every rank's points and the others get
+    ``(None, fits)``."""
     extraction = dict(extraction or {})
     on_disk = extraction.pop("on_disk", False)
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     acts = extract(
         model,
@@ -141,7 +182,6 @@ def analyze(
         timings["extract_seconds"],
         {k: (a.num_points, a.num_features) for k, a in acts.items()},
     )
-
     t0 = time.perf_counter()
     fits = fit_layers(
         acts,
@@ -159,95 +199,84 @@ def analyze(
     if group is not None:  # rank 0 goes on with every rank's points; the others are done
         t0 = time.perf_counter()
         acts = gather_layers(acts, group)
-        if acts is None:
-            return None
-        timings["gather_seconds"] = time.perf_counter() - t0
+        if acts is not None:
+            timings["gather_seconds"] = time.perf_counter() - t0
+    return acts, fits
 
-    t0 = time.perf_counter()
-    all_maps, layer_rows, k_draws, eval_rows = {}, {}, {}, []
-    concept_cfg = dict(concepts or {})
-    concepts_on, concept_maps, concept_sel = concept_cfg.pop("enabled", True), {}, {}
-    for name, fit in fits.items():
-        maps = layer_maps(fit.model, acts[name], num_draws=map_draws, seed=seed, progress=progress)
+
+class _LayerResults:
+    """Step 2 of :func:`analyze`, layer by layer: maps (saved), K̂ draws, scores against the masks
+    (and the baselines), concepts, and the posterior as InferenceData (saved)."""
+
+    def __init__(self, concepts: dict):
+        self.concepts_on = concepts.pop("enabled", True)
+        self.concept_cfg = concepts
+        self.maps, self.rows, self.k_draws, self.eval_rows = {}, {}, {}, []
+        self.concept_maps, self.concept_sel = {}, {}
+
+    def add(
+        self, name, fit, layer, images, model, out_dir, num_draws, map_draws, baselines, k_max, seed, device,
+        progress, acts,
+    ) -> None:  # fmt: skip
+        from ..diagnostics import save_inference_data, to_inference_data  # ArviZ only when needed
+
+        maps = layer_maps(fit.model, layer, num_draws=map_draws, seed=seed, progress=progress)
         if getattr(fit.model, "coupling", 0.0) > 0:  # cluster and entropy maps of the coupled q(z)
             from ..spatial import coupled_maps
 
-            maps = coupled_maps(maps, fit.model, acts[name])
-        all_maps[name] = maps
+            maps = coupled_maps(maps, fit.model, layer)
+        self.maps[name] = maps
         save_layer_maps(out_dir, maps)
-        k_draws[name] = n_active_draws(fit.model.posterior_, num_draws=max(num_draws, 100), seed=seed)
+        self.k_draws[name] = n_active_draws(fit.model.posterior_, num_draws=max(num_draws, 100), seed=seed)
         evaluation = None
         if images.masks is not None:
             from ..evaluation import compare_methods, evaluate_layer
 
             evaluation = evaluate_layer(maps, images.masks)
             if baselines:
-                eval_rows += compare_methods(
-                    acts[name],
+                self.eval_rows += compare_methods(
+                    layer,
                     images.masks,
                     fit.model,
                     k_max=k_max,
                     seed=seed,
                     raw_points=_raw_points(model, images, name, acts, device, seed),
                 )
-        layer_rows[name] = _layer_metrics(fit, maps, evaluation, k_draws[name])
-        if concepts_on:  # components -> concepts (dpmodels.concepts), scored like the components
+        self.rows[name] = _layer_metrics(fit, maps, evaluation, self.k_draws[name])
+        points = read_points(layer, fit.fit_index)
+        if self.concepts_on:  # components -> concepts (dpmodels.concepts), scored like the components
             from ..concepts.layer import layer_concepts
 
-            layer_rows[name]["concepts"], concept_maps[name], concept_sel[name] = layer_concepts(
-                fit.model,
-                acts[name],
-                maps,
-                read_points(acts[name], fit.fit_index),
-                images.masks,
-                seed=seed,
-                **concept_cfg,
+            self.rows[name]["concepts"], self.concept_maps[name], self.concept_sel[name] = layer_concepts(
+                fit.model, layer, maps, points, images.masks, seed=seed, **self.concept_cfg
             )
-        idata = to_inference_data(
-            fit.model, read_points(acts[name], fit.fit_index).numpy(), num_draws=num_draws, seed=seed
-        )
+        idata = to_inference_data(fit.model, points.numpy(), num_draws=num_draws, seed=seed)
         (out_dir / "posterior").mkdir(parents=True, exist_ok=True)
         save_inference_data(idata, out_dir / "posterior" / f"{layer_file(name)}.nc")
-    timings["maps_seconds"] = time.perf_counter() - t0
-    timings["concepts_seconds"] = sum(
-        r["concepts"]["seconds"] for r in layer_rows.values() if "concepts" in r
-    )
 
-    metrics = {
-        "layers": layer_rows,
-        "data": {
-            "name": images.name,
-            "num_images": len(images),
-            "size": list(images.size),
-            "true_k": _true_k(images),
-            "has_masks": images.masks is not None,
-        },
-        "network": network or {"name": type(model).__name__},
-        "timings": timings,
-        "seed": seed,
-    }
-    if group is not None:
-        metrics["parallel"] = {"world_size": group.world_size, "backend": group.backend}
+
+def _write_outputs(out_dir: Path, images, metrics: dict, results: _LayerResults, fig_cfg: dict) -> None:
+    """Step 3 of :func:`analyze`: the images, the evaluation table, the figures (timed into
+    ``metrics``), ``metrics.json`` and ``summary.md``."""
+    timings = metrics["timings"]
     save_images(out_dir, images)
-    if eval_rows:
+    if results.eval_rows:
         from ..evaluation import evaluation_table
 
         with atomic_path(out_dir / "evaluation.csv", suffix=".csv") as tmp:
-            evaluation_table(eval_rows).to_csv(tmp)
-    fig_cfg = dict(figures or {})
+            evaluation_table(results.eval_rows).to_csv(tmp)
     t0 = time.perf_counter()
     if fig_cfg.pop("enabled", True):
-        write_figures(out_dir, images, all_maps, k_draws, _true_k(images), **fig_cfg)
-        if concept_maps:
+        write_figures(out_dir, images, results.maps, results.k_draws, _true_k(images), **fig_cfg)
+        if results.concept_maps:
             from ..viz.concepts import write_concept_figures
 
             t1 = time.perf_counter()
-            write_concept_figures(out_dir, images, concept_maps, concept_sel, fig_cfg)
+            write_concept_figures(out_dir, images, results.concept_maps, results.concept_sel, fig_cfg)
             timings["concept_figure_seconds"] = time.perf_counter() - t1
     timings["figure_seconds"] = time.perf_counter() - t0
     atomic_write_json(out_dir / "metrics.json", metrics)
-    write_summary(out_dir, metrics, eval_rows)
-    return metrics
+    write_summary(out_dir, metrics, results.eval_rows)
 
 
 def _raw_points(model, images, name, acts, device, seed) -> torch.Tensor | None:
