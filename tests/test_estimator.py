@@ -92,6 +92,7 @@ def test_predictive_density_integrates_to_one_2d(cov):
     assert mass == pytest.approx(1.0, abs=1e-2)
 
 
+@pytest.mark.slow  # Pyro SVI to convergence, ~40 s
 def test_pyro_engine_recovers_clusters_and_approaches_natural_elbo():
     X, labels = PlantedMixture(3, 2, "full", seed=11).sample(300)
     natural = DPGMM(truncation=5).fit(X)
@@ -108,6 +109,7 @@ def test_pyro_engine_recovers_clusters_and_approaches_natural_elbo():
     assert pyro_fit.score(X) == pytest.approx(natural.score(X), abs=0.1)
 
 
+@pytest.mark.slow  # Pyro SVI, ~25 s
 def test_pyro_engine_learns_pitman_yor_concentration():
     X, labels = PlantedMixture(3, 2, "diag", seed=12).sample(300)
     with warnings.catch_warnings():

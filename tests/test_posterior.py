@@ -64,6 +64,7 @@ def test_entropy_is_high_only_between_clusters(fitted):
     assert float(post.assignment_entropy(midpoint)[0, 0]) > float(post.assignment_entropy(near_centre)[0, 0])
 
 
+@pytest.mark.slow  # Pyro SVI, ~7 s
 def test_pyro_engine_with_minibatches_runs_and_keeps_the_clusters():
     X, labels = PlantedMixture(3, 2, "diag", seed=62).sample(600)
     with warnings.catch_warnings():

@@ -12,7 +12,7 @@ from dpmodels.models import ModelSpec, empirical_base_measure
 from dpmodels.priors import WeightPrior
 
 
-@pytest.mark.parametrize("cov", ["full", "diag"])
+@pytest.mark.parametrize("cov", [pytest.param("full", marks=pytest.mark.slow), "diag"])  # full: ~10 s
 def test_fit_from_memory_mapped_file_matches_in_memory_fit(tmp_path, cov):
     X, labels = PlantedMixture(4, 6, cov, seed=21).sample(6000)
     path = tmp_path / "layer.npy"

@@ -43,12 +43,12 @@ def _check_default_layers(model: nn.Module, size: int, num_images: int = 2) -> d
 @pytest.mark.parametrize(
     "arch",
     [
-        "resnet18",
-        "vgg11_bn",
-        "mobilenet_v3_small",
-        "efficientnet_b0",
-        "regnet_y_400mf",
-        "efficientnet_lite0",
+        pytest.param("resnet18", marks=pytest.mark.slow),  # ~20 s; test_extract covers resnet18 too
+        pytest.param("vgg11_bn", marks=pytest.mark.slow),
+        pytest.param("mobilenet_v3_small", marks=pytest.mark.slow),
+        pytest.param("efficientnet_b0", marks=pytest.mark.slow),
+        pytest.param("regnet_y_400mf", marks=pytest.mark.slow),
+        pytest.param("efficientnet_lite0", marks=pytest.mark.slow),
         pytest.param("convnext_tiny", marks=pytest.mark.slow),
     ],
 )

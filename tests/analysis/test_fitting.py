@@ -70,6 +70,7 @@ def resnet18_64px():
     return acts
 
 
+@pytest.mark.slow  # resnet18 at 64 px, ~50 s
 def test_each_layer_is_fitted_on_its_own_positions_and_batching_does_not_change_it(resnet18_64px):
     """Batching used to fit every layer on as many points as the smallest (20 for resnet18 at
     64 px): relu got K = 2 with the group instead of K = 9 alone."""

@@ -45,6 +45,7 @@ def test_low_k_on_well_specified_small_data(covariance):
     assert max(ks) < 0.7, ks
 
 
+@pytest.mark.slow  # ~20 s
 def test_high_k_on_heavy_tailed_clusters():
     ks = []
     for seed in range(3):

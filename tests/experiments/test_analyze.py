@@ -79,6 +79,7 @@ def tiny_run(tmp_path_factory):
     return tmp, run_dir
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_tiny_run_writes_metrics_figures_posteriors_and_summary(tiny_run):
     _, run_dir = tiny_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -102,6 +103,7 @@ def test_tiny_run_writes_metrics_figures_posteriors_and_summary(tiny_run):
     assert {"posterior", "log_likelihood"} <= set(idata.groups())
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_rerun_of_a_finished_run_is_skipped_and_another_config_is_refused(tiny_run):
     tmp, run_dir = tiny_run
     before = (run_dir / "metrics.json").read_text()
@@ -114,6 +116,7 @@ def test_rerun_of_a_finished_run_is_skipped_and_another_config_is_refused(tiny_r
     assert (run_dir / "metrics.json").read_text() == before
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -222,6 +225,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert _comparable(a) == _comparable(b)
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_user_folder_with_masks_end_to_end(tmp_path):
     """A folder of PNG images with integer-label PNG masks: maps, figures, evaluation table."""
     import numpy as np

@@ -80,6 +80,7 @@ def test_composed_run_writes_rows_for_every_method(tmp_path, keep_threads):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files behind
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_cli_run_writes_csv_and_json(tmp_path):
     cmd = [sys.executable, "-m", "experiments.benchmark", f"hydra.run.dir={tmp_path}"]
     cmd += [tiny_case("natural,sklearn"), *TINY]
@@ -115,6 +116,7 @@ def test_default_preset_is_quick_and_presets_cover_the_issue():
     assert memmap.methods == ["natural_memmap"] and memmap.n_points == 10_000_000
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_extraction_preset_runs_the_extraction_benchmark(tmp_path):
     from experiments.benchmark import run
 

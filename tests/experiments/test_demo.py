@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 
 from experiments.demo import run
@@ -29,6 +30,7 @@ def test_demo_composes_and_writes_its_report(tmp_path):
     assert "| n_active | 3 |" in (tmp_path / "summary.md").read_text()
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_demo_cli(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
@@ -42,6 +44,7 @@ def test_demo_cli(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["n_planted"] == 3
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_demo_rejects_a_bad_override(tmp_path):
     proc = subprocess.run(
         [

@@ -65,6 +65,7 @@ def test_appended_keys_the_schema_does_not_know_are_refused_in_every_entry_point
         check_config(cfg)
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_an_appended_misspelled_key_stops_the_main_job_in_one_line(tmp_path):
     line = _one_error_line(
         _cli([*TINY, "+prior.concentraton=2", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
@@ -76,11 +77,13 @@ def test_an_appended_misspelled_key_stops_the_main_job_in_one_line(tmp_path):
 # --- item 10: one line instead of a traceback ---------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_data_folder_without_root_is_one_line(tmp_path):
     line = _one_error_line(_cli([*TINY, "data=folder", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path))
     assert "data=folder needs data.root" in line
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_non_ascii_path_says_how_to_quote_it(tmp_path):
     line = _one_error_line(
         _cli([*TINY, "data=folder", "data.root=/nowhere/été", "hydra.run.dir=r"], tmp_path)
@@ -88,6 +91,7 @@ def test_non_ascii_path_says_how_to_quote_it(tmp_path):
     assert """'data.root="/nowhere/été"'""" in line
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_a_missing_path_says_how_to_quote_paths_for_hydra(tmp_path):
     missing = tmp_path / "my photos" / "été"
     proc = _cli([*TINY, "data=folder", f'data.root="{missing}"', f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
@@ -106,12 +110,14 @@ def _read_only_folder() -> Path:
     pytest.skip("no read-only folder to test with")
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_a_read_only_output_folder_is_one_line(tmp_path):
     folder = _read_only_folder() / "run"
     line = _one_error_line(_cli([*TINY, f"hydra.run.dir={folder}"], tmp_path))
     assert f"cannot write the output folder {folder}" in line and "hydra.run.dir=DIR" in line
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_a_read_only_cache_folder_is_one_line(tmp_path):
     cache = _read_only_folder() / "cache"
     proc = _cli([*TINY, f"hydra.run.dir={tmp_path / 'r'}"], tmp_path, DPMODELS_CACHE=str(cache))
@@ -119,6 +125,7 @@ def test_a_read_only_cache_folder_is_one_line(tmp_path):
     assert f"cannot write to {cache.parent}" in line and "DPMODELS_CACHE" in line
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_demo_errors_are_one_line(tmp_path):
     line = _one_error_line(
         _cli(

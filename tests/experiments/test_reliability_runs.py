@@ -75,6 +75,7 @@ def finished(tmp_path_factory):
 # --- item 6: a failed run does not block; a refusal names the differing keys ------------------
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_a_failed_run_does_not_block_the_corrected_command(finished):
     _, run_dir, failed, corrected = finished
     assert "pca_dim" in _one_error_line(failed)
@@ -86,6 +87,7 @@ def test_a_failed_run_does_not_block_the_corrected_command(finished):
 # --- item 1: a refused rerun leaves the labels of the results it did not write ----------------
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_a_refused_rerun_keeps_the_record_and_names_the_differing_key(finished):
     tmp, run_dir, _, _ = finished
     before = (run_dir / "metrics.json").read_text()
@@ -127,6 +129,7 @@ def test_a_rerun_of_a_sweep_into_the_same_dir_keeps_labels_and_fails(tmp_path):
 # --- item 5: lock, whole swaps, readers refuse mixed directories ------------------------------
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_a_second_job_into_a_locked_run_directory_is_refused(tmp_path):
     run_dir = tmp_path / "busy"
     run_dir.mkdir()
@@ -140,6 +143,7 @@ def test_a_second_job_into_a_locked_run_directory_is_refused(tmp_path):
     assert not (run_dir / "run_started.json").exists()
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_run_outputs_refuse_a_mixed_or_unfinished_directory(finished, tmp_path):
     _, run_dir, _, _ = finished
     mixed = tmp_path / "mixed"
@@ -156,6 +160,7 @@ def test_run_outputs_refuse_a_mixed_or_unfinished_directory(finished, tmp_path):
         RunOutputs(unfinished)
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_every_moment_of_a_swap_reads_as_the_old_run_the_new_run_or_refused(finished, tmp_path, monkeypatch):
     """Stop the publication of a new run after each of its renames: a reader sees the complete old
     run, the complete new run, or a refusal; never a mix."""
@@ -241,6 +246,7 @@ def test_ctrl_c_during_an_overwrite_keeps_the_old_run_and_the_same_command_resum
 # --- item 11: threads ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_a_single_run_uses_all_cores_and_records_it(finished):
     _, run_dir, _, corrected = finished
     assert RunOutputs(run_dir).record["threads"] == _cores()

@@ -181,6 +181,7 @@ def _grey_folder(root: Path, n: int = 3) -> Path:
     return root
 
 
+@pytest.mark.slow  # a transfer run on a folder
 def test_an_unlabelled_folder_is_scored_only(tmp_path, one_thread):
     folder = _grey_folder(tmp_path / "grey", n=4)
     (cond,) = tx.make_conditions(folder=str(folder), size=16, convert_channels=True)

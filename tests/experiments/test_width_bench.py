@@ -34,6 +34,7 @@ def test_width_preset_covers_the_issue_grid():
         plan_cases(compose_width(["width.covariances=[tied]"]).width)
 
 
+@pytest.mark.slow  # a quick width benchmark run, ~1 min
 def test_quick_width_run_writes_one_table(tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(

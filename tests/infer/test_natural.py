@@ -22,8 +22,14 @@ def _short_fit(data, spec, iters):
         return fit_natural(data, spec, options=NaturalOptions(max_iter=iters, progress=False, merge=False))
 
 
-@pytest.mark.parametrize("cov", ["full", "diag"])
-@pytest.mark.parametrize("prior_name", list(PRIORS))
+@pytest.mark.parametrize(
+    "prior_name, cov",
+    [  # one pair in the inner loop (pytest -m "not slow"); every pair in the full suite (Pyro's ELBO: ~1 min each)
+        pytest.param(p, c, marks=() if (p, c) == ("dp", "diag") else pytest.mark.slow)
+        for p in PRIORS
+        for c in ("full", "diag")
+    ],
+)
 def test_closed_form_elbo_equals_pyro_trace_enum_elbo(prior_name, cov):
     """The engine's ELBO is Pyro's TraceEnum_ELBO of the same model and guide (within 3 SE)."""
     data = two_blobs()

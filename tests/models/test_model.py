@@ -74,6 +74,7 @@ def test_collapsed_bound_is_at_least_the_mean_field_bound():
     assert draws.mean() + 3 * draws.std() / math.sqrt(len(draws)) >= mean_field
 
 
+@pytest.mark.slow  # a statistical check over many minibatches, ~25 s
 @pytest.mark.parametrize("cov", COVS)
 def test_minibatch_elbo_is_unbiased(cov):
     data = two_blobs()

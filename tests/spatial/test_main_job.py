@@ -48,6 +48,7 @@ def spatial_run(tmp_path_factory):
     return tmp, run_dir
 
 
+@pytest.mark.slow  # a subprocess CLI run (tier: pytest -m 'not slow' skips it)
 def test_spatial_main_job_writes_coupled_results(spatial_run):
     _, run_dir = spatial_run
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -120,7 +120,10 @@ def test_coupled_bound_at_zero_coupling_is_the_mixture_elbo():
 
 
 @pytest.mark.parametrize("cov", ["full", "diag"])
-@pytest.mark.parametrize("prior_name", ["dp", "pitman_yor", "finite", "dp_learned"])
+@pytest.mark.parametrize(
+    "prior_name",
+    ["dp", *(pytest.param(p, marks=pytest.mark.slow) for p in ("pitman_yor", "finite", "dp_learned"))],
+)
 def test_coupled_bound_never_decreases(cov, prior_name):
     """Float64 data: every coupled iteration (checkerboard E-step, conjugate M-step) raises the bound."""
     from dpmodels.infer.natural import NaturalOptions, fit_natural
@@ -150,7 +153,7 @@ def test_estimator_bound_never_decreases_beyond_float32_round_off():
     assert model.elbo_ > model.mixture_elbo_
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("seed", [0, *(pytest.param(s, marks=pytest.mark.slow) for s in (1, 2, 3))])
 def test_coupling_recovers_noisy_regions(seed):
     """Overlapping region Gaussians: per-position assignments are noisy, coupled ones follow regions.
 
@@ -170,7 +173,7 @@ def test_coupling_recovers_noisy_regions(seed):
     np.testing.assert_array_equal(spatial.predict(X), spatial.predict_proba(X).argmax(1))  # uncoupled
 
 
-@pytest.mark.parametrize("cov", ["full", "diag"])
+@pytest.mark.parametrize("cov", [pytest.param("full", marks=pytest.mark.slow), "diag"])  # full: ~45 s
 def test_closed_form_coupled_bound_equals_pyro_trace_elbo(cov):
     """The coupled bound is what Pyro's Trace_ELBO estimates for the Potts model and the guide that
     samples z from the coupled responsibilities (within 3 SE)."""

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -17,6 +19,7 @@ def test_no_library_module_calls_matplotlib_use():
     assert offenders == []
 
 
+@pytest.mark.slow  # a subprocess importing matplotlib and torch
 def test_importing_the_plotting_modules_keeps_the_backend_a_user_chose():
     code = (
         "import matplotlib\n"
