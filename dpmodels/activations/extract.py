@@ -151,10 +151,12 @@ def extract(
     ``store``, each rank writes its shard to ``store/rank<r>`` (the usual store format, the manifest
     naming the shard). ``False`` (the default): all images, this process alone.
     """
-    plan = _plan(
-        model, images, layers, batch_size, device, positions_per_image, standardize, pca_dim, transforms, store,
-        overwrite, seed, progress, normalize, smooth, distributed,
+    settings = dict(
+        batch_size=batch_size, device=device, positions_per_image=positions_per_image, standardize=standardize,
+        pca_dim=pca_dim, transforms=transforms, store=store, overwrite=overwrite, seed=seed, progress=progress,
+        normalize=normalize, smooth=smooth, distributed=distributed,
     )  # fmt: skip
+    plan = _plan(model, images, layers, **settings)
     sinks = {n: _LayerSink(plan, n, info) for n, info in plan.infos.items()}
     _forward_passes(plan, sinks)
     result = {n: sink.finish(plan) for n, sink in sinks.items()}
@@ -216,15 +218,20 @@ class _Plan:
         }
 
 
-def _plan(
-    model, images, layers, batch_size, device, positions_per_image, standardize, pca_dim, transforms, store,
-    overwrite, seed, progress, normalize, smooth, distributed,
-) -> _Plan:  # fmt: skip
+def _plan(model, images, layers, **settings) -> _Plan:
     """Check every argument (one clear error each), take this rank's share of the images, resolve
-    the layers and their geometry, and prepare the store."""
+    the layers and their geometry, and prepare the store. ``settings``: :func:`extract`'s keywords."""
+    batch_size, device, seed, smooth = (
+        settings["batch_size"],
+        settings["device"],
+        settings["seed"],
+        settings["smooth"],
+    )
+    positions_per_image, pca_dim = settings["positions_per_image"], settings["pca_dim"]
+    standardize, transforms, store = settings["standardize"], settings["transforms"], settings["store"]
     x, names = as_images(images)
     I, C, H, W = x.shape
-    group = resolve_group(distributed, device)
+    group = resolve_group(settings["distributed"], device)
     lo, hi = 0, I
     if group is not None:  # this rank's contiguous share of the images
         lo, hi = group.rank * I // group.world_size, (group.rank + 1) * I // group.world_size
@@ -257,7 +264,7 @@ def _plan(
             f"{type(model).__name__}'s first Conv2d takes {expected} input channels, the images have {C}; "
             f"convert them (ImageSet.with_channels({expected})) or use a model built for {C} channels."
         )
-    normalize = _normalization(model, normalize, C)
+    normalize = _normalization(model, settings["normalize"], C)
     if model_device(model) not in (None, dev):
         log.info(
             "model is on %s, extraction on %s: using a copy of the model on %s.",
@@ -277,10 +284,10 @@ def _plan(
     if directory is not None and group is not None:
         directory = directory / f"rank{group.rank}"
     if directory is not None:
-        _prepare_store(directory, stems, overwrite)
+        _prepare_store(directory, stems, settings["overwrite"])
     return _Plan(
         model, x, names, I, lo, hi, group, dev, batch_size, positions_per_image, bool(standardize), pca_dim,
-        transforms, seed, progress, normalize, smooth, infos, layer_names(model)[1], stems, directory,
+        transforms, seed, settings["progress"], normalize, smooth, infos, layer_names(model)[1], stems, directory,
     )  # fmt: skip
 
 

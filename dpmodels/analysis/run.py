@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -116,21 +117,19 @@ def analyze(
     extracts its share of the images and the fits are data-parallel; then rank 0 gathers the
     layers' points and does the rest alone (maps, concepts, posteriors, figures, metrics) and
     returns the metrics, the other ranks return ``None``."""
-    out_dir = Path(out_dir)
-    timings: dict[str, float] = {}
-    acts, fits = _extract_and_fit(
-        images, model, out_dir, layers, extraction, fitting, dpgmm, spatial, map_draws, seed, device, progress,
-        group, timings,
+    job = _Job(
+        images, model, Path(out_dir), layers, dict(extraction or {}), fitting or {}, dpgmm or {}, spatial or {},
+        num_draws, map_draws, baselines, k_max, seed, device, progress, group,
     )  # fmt: skip
+    timings: dict[str, float] = {}
+    acts, fits = _extract_and_fit(job, timings)
     if acts is None:  # a rank other than 0: its share is done
         return None
+    out_dir = job.out_dir
     t0 = time.perf_counter()
     results = _LayerResults(dict(concepts or {}))
     for name, fit in fits.items():
-        results.add(
-            name, fit, acts[name], images, model, out_dir, num_draws, map_draws, baselines, k_max, seed, device,
-            progress, acts,
-        )  # fmt: skip
+        results.add(job, name, fit, acts)
     timings["maps_seconds"] = time.perf_counter() - t0
     timings["concepts_seconds"] = sum(
         r["concepts"]["seconds"] for r in results.rows.values() if "concepts" in r
@@ -154,24 +153,44 @@ def analyze(
     return metrics
 
 
-def _extract_and_fit(
-    images, model, out_dir, layers, extraction, fitting, dpgmm, spatial, map_draws, seed, device, progress, group,
-    timings,
-) -> tuple[dict | None, dict]:  # fmt: skip
+@dataclass(frozen=True)
+class _Job:
+    """The arguments of one :func:`analyze` call, as its steps read them."""
+
+    images: ImageSet
+    model: nn.Module
+    out_dir: Path
+    layers: list[str] | None
+    extraction: dict
+    fitting: dict
+    dpgmm: dict
+    spatial: dict
+    num_draws: int
+    map_draws: int
+    baselines: bool
+    k_max: int
+    seed: int
+    device: str
+    progress: bool
+    group: object
+
+
+def _extract_and_fit(job: _Job, timings: dict) -> tuple[dict | None, dict]:
     """Step 1 of :func:`analyze`: extract the layers (this rank's images) and fit them (data-parallel
-    with ``group``); data-parallel, rank 0 then gathers every rank's points and the others get
+    with ``job.group``); data-parallel, rank 0 then gathers every rank's points and the others get
     ``(None, fits)``."""
-    extraction = dict(extraction or {})
+    extraction = dict(job.extraction)
     on_disk = extraction.pop("on_disk", False)
+    seed, device, progress, group = job.seed, job.device, job.progress, job.group
     t0 = time.perf_counter()
     acts = extract(
-        model,
-        images,
-        layers,
+        job.model,
+        job.images,
+        job.layers,
         device=device,
         seed=seed,
         progress=progress,
-        store=out_dir / "activations" if on_disk else None,
+        store=job.out_dir / "activations" if on_disk else None,
         distributed=group or False,
         **extraction,
     )
@@ -186,13 +205,13 @@ def _extract_and_fit(
     fits = fit_layers(
         acts,
         seed=seed,
-        **(fitting or {}),
+        **job.fitting,
         device=device,
         progress=progress,
-        checkpoint_dir=out_dir / "checkpoints",
-        maps_draws=map_draws,
-        **(spatial or {}),
-        **(dpgmm or {}),
+        checkpoint_dir=job.out_dir / "checkpoints",
+        maps_draws=job.map_draws,
+        **job.spatial,
+        **job.dpgmm,
         group=group,
     )
     timings["fit_seconds"] = time.perf_counter() - t0
@@ -214,13 +233,12 @@ class _LayerResults:
         self.maps, self.rows, self.k_draws, self.eval_rows = {}, {}, {}, []
         self.concept_maps, self.concept_sel = {}, {}
 
-    def add(
-        self, name, fit, layer, images, model, out_dir, num_draws, map_draws, baselines, k_max, seed, device,
-        progress, acts,
-    ) -> None:  # fmt: skip
+    def add(self, job: _Job, name: str, fit: LayerFit, acts: dict) -> None:
         from ..diagnostics import save_inference_data, to_inference_data  # ArviZ only when needed
 
-        maps = layer_maps(fit.model, layer, num_draws=map_draws, seed=seed, progress=progress)
+        layer, images, out_dir, seed, num_draws = acts[name], job.images, job.out_dir, job.seed, job.num_draws
+
+        maps = layer_maps(fit.model, layer, num_draws=job.map_draws, seed=seed, progress=job.progress)
         if getattr(fit.model, "coupling", 0.0) > 0:  # cluster and entropy maps of the coupled q(z)
             from ..spatial import coupled_maps
 
@@ -233,14 +251,14 @@ class _LayerResults:
             from ..evaluation import compare_methods, evaluate_layer
 
             evaluation = evaluate_layer(maps, images.masks)
-            if baselines:
+            if job.baselines:
                 self.eval_rows += compare_methods(
                     layer,
                     images.masks,
                     fit.model,
-                    k_max=k_max,
+                    k_max=job.k_max,
                     seed=seed,
-                    raw_points=_raw_points(model, images, name, acts, device, seed),
+                    raw_points=_raw_points(job.model, images, name, acts, job.device, seed),
                 )
         self.rows[name] = _layer_metrics(fit, maps, evaluation, self.k_draws[name])
         points = read_points(layer, fit.fit_index)
