@@ -1,11 +1,11 @@
 """Structured-config schemas of the experiments, registered in Hydra's ConfigStore.
 
-Each YAML option in ``conf/<group>/`` starts from the schema of its group (``defaults: [schema]``),
-so a misspelled key or a value of the wrong type fails when the configuration is composed, before
-any work starts. Hydra's append override (``+prior.concentraton=2``) adds a key even to a
-structured config, so every entry point also checks the composed config against these schemas
-before any work (``experiments.common.check_config``). Field comments are the configuration
-reference.
+Each YAML option in ``conf/<group>/`` starts from the schema of its group (``defaults: [schema]``;
+a data option from its loader's, see ``DATA_SCHEMAS``), so a misspelled key or a value of the wrong
+type fails when the configuration is composed, before any work starts. Hydra's append override
+(``+prior.concentraton=2``) adds a key even to a structured config, so every entry point also
+checks the composed config against these schemas before any work
+(``experiments.common.check_config``). Field comments are the configuration reference.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 __all__ = [
+    "DATA_SCHEMAS",
     "AnalyzeConf",
     "DataConf",
     "DemoConf",
@@ -29,23 +31,96 @@ __all__ = [
 
 @dataclass
 class DataConf:
-    """Images to analyse (``dpmodels.data.load_dataset``). Fields a data set does not use must keep
-    their defaults (e.g. ``data.family`` with ``data=digits`` is an error)."""
+    """Images to analyse: ``hydra.utils.instantiate(cfg.data)`` calls the loader ``_target_`` names
+    with the other fields as keyword arguments and gets an ``ImageSet``. Each option of
+    ``conf/data/`` starts from the schema of its loader below (``defaults: [<loader>_schema]``) and
+    holds only what differs from it; a key the loader does not take fails at composition."""
 
-    name: str = (
-        "textures"  # textures | digits | skimage | skimage_mosaics | folder | mnist | fashion_mnist | cifar10
-    )
-    num_images: int | None = 48  # null = all the set has
+    _target_: str = MISSING  # the loader: a function returning a dpmodels.data.ImageSet
     size: int = 64  # images are (size x size) pixels
+
+
+@dataclass
+class SampledDataConf(DataConf):
+    """A loader that draws ``num_images`` images with a seed: the schema of a new data set's
+    YAML when its loader takes ``num_images``, ``size`` and ``seed`` (``defaults: [schema]``)."""
+
+    num_images: int | None = 48  # null = all the set has
     seed: int = 0
-    family: str = "A"  # textures: texture family (A or B, disjoint)
-    root: str | None = None  # folder: DIR with images/ (+ masks/); torchvision sets: their root
-    names: list[str] | None = None  # skimage, skimage_mosaics: bundled image names
-    channels: int | None = None  # folder: 1 or 3 (null = as the files are)
-    train: bool = False  # torchvision sets: training split instead of test split
-    contrast: float = 1.0  # textures: domain shift, contrast factor (1 = none)
-    noise: float = 0.0  # textures: domain shift, additive noise std
-    colour: float = 0.0  # textures: domain shift, colour rotation strength
+
+
+@dataclass
+class TexturesDataConf(SampledDataConf):
+    """Procedural texture mosaics with per-pixel texture masks (``dpmodels.data.texture_mosaics``)."""
+
+    _target_: str = "dpmodels.data.textures.texture_mosaics"
+    family: str = "A"  # texture family (A or B, disjoint)
+    contrast: float = 1.0  # domain shift: contrast factor (1 = none)
+    noise: float = 0.0  # domain shift: additive noise std
+    colour: float = 0.0  # domain shift: hue rotation in degrees
+
+
+@dataclass
+class DigitsDataConf(SampledDataConf):
+    """scikit-learn's digits, upsampled, with stroke/background masks (``dpmodels.data.digits_images``)."""
+
+    _target_: str = "dpmodels.data.digits.digits_images"
+    num_images: int | None = 200
+    size: int = 32
+
+
+@dataclass
+class SkimageDataConf(DataConf):
+    """Images bundled with scikit-image, resized (``dpmodels.data.skimage_images``); no masks."""
+
+    _target_: str = "dpmodels.data.bundled.skimage_images"
+    names: list[str] = field(
+        default_factory=lambda: ["brick", "grass", "gravel", "coins", "immunohistochemistry", "chelsea"]
+    )  # bundled image names
+    size: int = 128
+
+
+@dataclass
+class SkimageMosaicsDataConf(SampledDataConf):
+    """Mosaics of scikit-image's bundled texture photos with masks
+    (``dpmodels.data.skimage_texture_mosaics``)."""
+
+    _target_: str = "dpmodels.data.bundled.skimage_texture_mosaics"
+    names: list[str] = field(default_factory=lambda: ["brick", "grass", "gravel"])  # bundled textures
+    num_images: int | None = 32
+
+
+@dataclass
+class FolderDataConf(DataConf):
+    """Your own images: ``root/images/`` and optionally ``root/masks/`` (``dpmodels.data.image_folder``)."""
+
+    _target_: str = "dpmodels.data.folder.image_folder"
+    root: str = MISSING  # the folder; pass data.root=DIR
+    num_images: int | None = None  # the first files in name order; null = all
+    channels: int | None = None  # 1 or 3; null = as the files are
+
+
+@dataclass
+class TorchvisionDataConf(SampledDataConf):
+    """A torchvision data set from files already on disk (``dpmodels.data.registry.load_mnist``, ...)."""
+
+    _target_: str = "dpmodels.data.registry.load_mnist"
+    root: str = MISSING  # torchvision's root folder; pass data.root=DIR
+    train: bool = False  # the training split instead of the test split
+    num_images: int | None = 500
+    size: int = 32
+
+
+DATA_SCHEMAS = {
+    "schema": SampledDataConf,
+    "textures_schema": TexturesDataConf,
+    "digits_schema": DigitsDataConf,
+    "skimage_schema": SkimageDataConf,
+    "skimage_mosaics_schema": SkimageMosaicsDataConf,
+    "folder_schema": FolderDataConf,
+    "torchvision_schema": TorchvisionDataConf,
+}
+"""``conf/data/<option>.yaml`` names one of these in its defaults list (ConfigStore group ``data``)."""
 
 
 @dataclass
@@ -201,7 +276,7 @@ class DemoConf:
 
 
 GROUPS = {
-    "data": DataConf,
+    "data": DataConf,  # each option's own schema: DATA_SCHEMAS
     "net": NetConf,
     "layers": LayersConf,
     "prior": PriorConf,
@@ -213,10 +288,13 @@ GROUPS = {
 
 
 def register() -> None:
-    """Store the schemas: ``analyze_schema`` and ``demo_schema`` (top level) and ``<group>/schema``
-    for each group of the main job."""
+    """Store the schemas: ``analyze_schema`` and ``demo_schema`` (top level), ``<group>/schema``
+    for each group of the main job, and ``data/<loader>_schema`` for each of ``DATA_SCHEMAS``."""
     cs = ConfigStore.instance()
     cs.store(name="analyze_schema", node=AnalyzeConf)
     cs.store(name="demo_schema", node=DemoConf)
     for group, node in GROUPS.items():
-        cs.store(group=group, name="schema", node=node)
+        if group != "data":
+            cs.store(group=group, name="schema", node=node)
+    for name, node in DATA_SCHEMAS.items():
+        cs.store(group="data", name=name, node=node)

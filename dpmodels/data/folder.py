@@ -126,19 +126,28 @@ def image_folder(
     root: str | Path,
     size: int = 64,
     resize: str = "shorter_side_then_center_crop",
-    channels: int | str = "auto",
+    channels: int | str | None = "auto",
     max_images: int | None = None,
     progress: bool = False,
+    *,
+    num_images: int | None = None,
 ) -> ImageSet:
     """Images ``(I, C, size, size)`` from ``root/images`` with masks from ``root/masks`` when present.
 
-    ``channels``: 1 (luminance), 3 (grey replicated) or ``"auto"`` (the files' own; they must agree).
+    ``channels``: 1 (luminance), 3 (grey replicated) or ``"auto"`` (or ``None``: the files' own; they
+    must agree).
     Masks hold the stored integer labels (255 -> -1, ignored), resized by nearest neighbour with
     the same rule; either every image has a mask or none does. Images are turned upright by their
-    EXIF orientation. ``max_images`` keeps the first files in name order;
+    EXIF orientation. ``num_images`` (or its older name ``max_images``) keeps the first files in name order;
     ``progress`` shows a progress bar while reading.
     """
     root = Path(root)
+    if num_images is not None and max_images is not None and num_images != max_images:
+        raise ValueError(
+            f"num_images={num_images} and max_images={max_images} disagree; pass num_images only."
+        )
+    max_images = num_images if num_images is not None else max_images
+    channels = "auto" if channels is None else channels
     if resize not in RESIZE_RULES:
         raise ValueError(f"resize must be one of {RESIZE_RULES}, got {resize!r}.")
     if channels not in ("auto", 1, 3):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["IGNORE_LABEL", "ImageSet"]
@@ -134,4 +135,20 @@ class ImageSet:
             self.class_names,
             self.name,
             dict(self.meta),
+        )
+
+    def resized(self, size: int) -> ImageSet:
+        """The images resized to ``(size, size)`` (bilinear, antialiased; masks by nearest
+        neighbour); ``meta["resized_to"]`` records it. Returns ``self`` when already that size."""
+        if self.size == (size, size):
+            return self
+        pixels = F.interpolate(
+            self.images, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        ).clamp(0, 1)
+        masks = None
+        if self.masks is not None:
+            masks = F.interpolate(self.masks[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+        meta = {**self.meta, "resized_to": size}
+        return ImageSet(
+            pixels, masks, self.targets, self.names, self.mask_names, self.class_names, self.name, meta
         )

@@ -13,18 +13,31 @@ from .images import ImageSet
 from .textures import texture_mosaics, texture_patches
 from .torchvision_sets import torchvision_dataset
 
-__all__ = ["DATASETS", "load_dataset"]
+__all__ = ["DATASETS", "load_cifar10", "load_dataset", "load_fashion_mnist", "load_mnist"]
 
 
 def _torchvision(name: str) -> Callable[..., ImageSet]:
     def load(
-        root: str | os.PathLike, train: bool = False, num_images: int | None = None, seed: int = 0
+        root: str | os.PathLike,
+        train: bool = False,
+        num_images: int | None = None,
+        seed: int = 0,
+        size: int | None = None,
     ) -> ImageSet:
-        return torchvision_dataset(name, root, train=train, num_images=num_images, seed=seed)
+        images = torchvision_dataset(name, root, train=train, num_images=num_images, seed=seed)
+        return images if size is None else images.resized(size)
 
-    load.__name__ = f"load_{name}"
-    load.__doc__ = f"``torchvision_dataset({name!r}, ...)``: {name} from local files under ``root``."
+    load.__name__ = load.__qualname__ = f"load_{name}"
+    load.__doc__ = (
+        f"``torchvision_dataset({name!r}, ...)``: {name} from local files under ``root``, resized to "
+        "``(size, size)`` when ``size`` is given."
+    )
     return load
+
+
+load_mnist = _torchvision("mnist")
+load_fashion_mnist = _torchvision("fashion_mnist")
+load_cifar10 = _torchvision("cifar10")
 
 
 DATASETS: dict[str, Callable[..., ImageSet]] = {
@@ -34,9 +47,9 @@ DATASETS: dict[str, Callable[..., ImageSet]] = {
     "skimage": skimage_images,
     "skimage_mosaics": skimage_texture_mosaics,
     "folder": image_folder,
-    "mnist": _torchvision("mnist"),
-    "fashion_mnist": _torchvision("fashion_mnist"),
-    "cifar10": _torchvision("cifar10"),
+    "mnist": load_mnist,
+    "fashion_mnist": load_fashion_mnist,
+    "cifar10": load_cifar10,
 }
 """Data set name -> loader; every loader returns an ``ImageSet``."""
 

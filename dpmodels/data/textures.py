@@ -290,6 +290,10 @@ def texture_mosaics(
     textures: Sequence[str] | None = None,
     shift: Shift | None = None,
     seed: int = 0,
+    *,
+    contrast: float = 1.0,
+    noise: float = 0.0,
+    colour: float = 0.0,
 ) -> ImageSet:
     """Voronoi mosaics of distinct textures with per-pixel texture labels.
 
@@ -298,8 +302,15 @@ def texture_mosaics(
     ``textures``, default the whole family). ``masks`` hold the texture's index in
     ``TEXTURE_FAMILIES[family]``; ``mask_names`` are the family's names. ``shift`` applies a domain
     shift after rendering, with its own random stream: the same ``seed`` with and without a shift
-    gives the same scenes, so clean and shifted sets are paired.
+    gives the same scenes, so clean and shifted sets are paired. ``contrast``, ``noise`` and
+    ``colour`` are a shorthand for ``shift=Shift(contrast, noise, colour)`` (the main job's
+    ``data.contrast`` etc.); at their identity values there is no shift.
     """
+    shorthand = Shift(contrast=contrast, noise=noise, colour=colour)
+    if not shorthand.is_identity:
+        if shift is not None:
+            raise ValueError("pass either shift=Shift(...) or contrast/noise/colour, not both.")
+        shift = shorthand
     _check_size(size)
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}.")
