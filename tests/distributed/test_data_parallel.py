@@ -30,6 +30,8 @@ from dp_worker import planted, tiny_images, tiny_net  # noqa: E402
 
 from dpmodels.activations import extract  # noqa: E402
 
+pytestmark = pytest.mark.slow  # two processes launched by torchrun (about 40 s in all)
+
 GOOD = ["full", "diag_minibatch", "memmap", "batched", "warm_start", "checkpoint", "payload", "extract"]
 BAD = [
     "different_width", "empty_shard", "other_settings", "nan_on_one_rank", "pyro_engine", "batched_other_width",
