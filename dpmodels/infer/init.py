@@ -16,11 +16,11 @@ from .updates import Stats
 __all__ = ["kmeans_plusplus", "lloyd", "initial_stats"]
 
 
-def _sq_dist(x: Tensor, centres: Tensor) -> Tensor:
-    """Squared distances ``(B, n, C)`` between ``x (B, n, D)`` and ``centres (B, C, D)``."""
-    return (
-        x.pow(2).sum(-1, keepdim=True) - 2 * x @ centres.transpose(1, 2) + centres.pow(2).sum(-1).unsqueeze(1)
-    ).clamp_min(0.0)
+def _sq_dist(x: Tensor, centres: Tensor, x_sq: Tensor | None = None) -> Tensor:
+    """Squared distances ``(B, n, C)`` between ``x (B, n, D)`` and ``centres (B, C, D)``; ``x_sq``
+    is ``|x|^2`` ``(B, n, 1)`` when the caller already has it (it is the same for every centre)."""
+    x_sq = x.pow(2).sum(-1, keepdim=True) if x_sq is None else x_sq
+    return (x_sq - 2 * x @ centres.transpose(1, 2) + centres.pow(2).sum(-1).unsqueeze(1)).clamp_min(0.0)
 
 
 def kmeans_plusplus(x: Tensor, n_clusters: int, generator: torch.Generator) -> Tensor:
@@ -29,26 +29,28 @@ def kmeans_plusplus(x: Tensor, n_clusters: int, generator: torch.Generator) -> T
     rows = torch.arange(B, device=x.device)
     first = torch.randint(n, (B,), generator=generator).to(x.device)  # CPU generator on any device
     centres = [x[rows, first]]  # each (B, D)
-    closest = _sq_dist(x, centres[0].unsqueeze(1)).squeeze(-1)  # (B, n)
+    x_sq = x.pow(2).sum(-1, keepdim=True)  # (B, n, 1), once for all centres
+    closest = _sq_dist(x, centres[0].unsqueeze(1), x_sq).squeeze(-1)  # (B, n)
     for _ in range(1, n_clusters):
         total = closest.sum(-1, keepdim=True)
         probs = torch.where(total > 0, closest / total.clamp_min(1e-30), torch.full_like(closest, 1.0 / n))
         pick = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(x.device)  # (B,)
         centres.append(x[rows, pick])
-        closest = torch.minimum(closest, _sq_dist(x, centres[-1].unsqueeze(1)).squeeze(-1))
+        closest = torch.minimum(closest, _sq_dist(x, centres[-1].unsqueeze(1), x_sq).squeeze(-1))
     return torch.stack(centres, dim=1)
 
 
 def lloyd(x: Tensor, centres: Tensor, n_iter: int = 10) -> tuple[Tensor, Tensor]:
     """Lloyd iterations; returns ``(centres (B, C, D), labels (B, n))``. Empty clusters stay put."""
     C = centres.shape[1]
-    labels = _sq_dist(x, centres).argmin(-1)
+    x_sq = x.pow(2).sum(-1, keepdim=True)  # (B, n, 1), once for all iterations
+    labels = _sq_dist(x, centres, x_sq).argmin(-1)
     for _ in range(n_iter):
         onehot = torch.nn.functional.one_hot(labels, C).to(x.dtype)  # (B, n, C)
         counts = onehot.sum(1)  # (B, C)
         sums = onehot.transpose(1, 2) @ x  # (B, C, D)
         centres = torch.where(counts.unsqueeze(-1) > 0, sums / counts.clamp_min(1).unsqueeze(-1), centres)
-        new_labels = _sq_dist(x, centres).argmin(-1)
+        new_labels = _sq_dist(x, centres, x_sq).argmin(-1)
         if torch.equal(new_labels, labels):
             break
         labels = new_labels
