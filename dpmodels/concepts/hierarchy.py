@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
 __all__ = ["CRITERIA", "ConceptHierarchy", "bhattacharyya_overlap", "build_hierarchy", "entropy_decrease"]
 
@@ -44,22 +45,34 @@ def entropy_decrease(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return d if b.ndim == 2 else d[0]
 
 
-def bhattacharyya_overlap(means, covariances) -> np.ndarray:
+def bhattacharyya_overlap(means, covariances, block_elements: int = 2**22) -> np.ndarray:
     """``(K, K)`` Bhattacharyya coefficients ``exp(-D_B)`` between Gaussians ``N(mu_k, Sigma_k)``.
 
-    ``means (K, D)``; ``covariances (K, D, D)`` (full) or ``(K, D)`` (diagonal variances)."""
+    ``means (K, D)``; ``covariances (K, D, D)`` (full) or ``(K, D)`` (diagonal variances). Every
+    log-determinant comes from a Cholesky factor (no LU, which MKL refuses on some wide batches);
+    the ``K (K - 1) / 2`` pairs run in blocks of at most ``block_elements`` float64 values of
+    ``(pairs, D, D)``, so memory stays bounded at the widths of raw layers (D = 320: 40 pairs)."""
     mu = torch.as_tensor(means, dtype=torch.float64)
     cov = torch.as_tensor(covariances, dtype=torch.float64)
     if cov.dim() == 2:
         cov = torch.diag_embed(cov)
-    avg = 0.5 * (cov.unsqueeze(0) + cov.unsqueeze(1))  # (K, K, D, D)
-    chol = torch.linalg.cholesky(avg)
-    diff = (mu.unsqueeze(1) - mu.unsqueeze(0)).unsqueeze(-1)  # (K, K, D, 1)
-    z = torch.linalg.solve_triangular(chol, diff, upper=False)
-    maha = (z**2).sum((-1, -2))  # (K, K)
-    logdet_avg = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-    logdet = torch.linalg.slogdet(cov)[1]  # (K,)
-    d_b = maha / 8.0 + 0.5 * (logdet_avg - 0.5 * (logdet.unsqueeze(0) + logdet.unsqueeze(1)))
+    K, D = mu.shape
+
+    def logdet(chol: Tensor) -> Tensor:
+        return 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+
+    own = logdet(torch.linalg.cholesky(cov))  # (K,)
+    rows, cols = torch.triu_indices(K, K, offset=1)
+    d_b = torch.zeros(K, K, dtype=torch.float64)
+    step = max(1, block_elements // max(1, D * D))
+    for start in range(0, len(rows), step):
+        i, j = rows[start : start + step], cols[start : start + step]
+        chol = torch.linalg.cholesky(0.5 * (cov[i] + cov[j]))  # (P, D, D)
+        z = torch.linalg.solve_triangular(chol, (mu[i] - mu[j]).unsqueeze(-1), upper=False)
+        maha = (z**2).sum((-1, -2))  # (P,)
+        value = maha / 8.0 + 0.5 * (logdet(chol) - 0.5 * (own[i] + own[j]))
+        d_b[i, j] = value
+        d_b[j, i] = value
     return torch.exp(-d_b.clamp_min(0.0)).numpy()
 
 

@@ -117,3 +117,27 @@ def test_level_and_criteria_settings_are_checked():
         at_level(sentinel, None, "concepts")
     with pytest.raises(ValueError, match="criteria"):
         layer_concepts(None, None, None, None, criteria=("ward",))
+
+
+def test_bhattacharyya_overlap_matches_the_pairwise_formula_in_any_block_size():
+    import torch
+
+    from dpmodels.concepts import bhattacharyya_overlap
+
+    g = torch.Generator().manual_seed(3)
+    K, D = 7, 6
+    mu = torch.randn(K, D, generator=g, dtype=torch.float64)
+    A = torch.randn(K, D, D, generator=g, dtype=torch.float64)
+    cov = A @ A.transpose(-1, -2) / D + 0.3 * torch.eye(D, dtype=torch.float64)
+    want = np.ones((K, K))
+    for i in range(K):
+        for j in range(K):
+            if i != j:
+                avg = 0.5 * (cov[i] + cov[j])
+                diff = mu[i] - mu[j]
+                d_b = diff @ torch.linalg.solve(avg, diff) / 8 + 0.5 * (
+                    torch.logdet(avg) - 0.5 * (torch.logdet(cov[i]) + torch.logdet(cov[j]))
+                )
+                want[i, j] = float(torch.exp(-d_b))
+    for block in (D * D, 5 * D * D, 2**22):  # one pair per block, a few, all at once
+        np.testing.assert_allclose(bhattacharyya_overlap(mu, cov, block_elements=block), want, rtol=1e-10)
