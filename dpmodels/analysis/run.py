@@ -237,6 +237,7 @@ class _LayerResults:
         from ..diagnostics import save_inference_data, to_inference_data  # ArviZ only when needed
 
         layer, images, out_dir, seed, num_draws = acts[name], job.images, job.out_dir, job.seed, job.num_draws
+        start = time.perf_counter()
 
         maps = layer_maps(fit.model, layer, num_draws=job.map_draws, seed=seed, progress=job.progress)
         if getattr(fit.model, "coupling", 0.0) > 0:  # cluster and entropy maps of the coupled q(z)
@@ -268,9 +269,35 @@ class _LayerResults:
             self.rows[name]["concepts"], self.concept_maps[name], self.concept_sel[name] = layer_concepts(
                 fit.model, layer, maps, points, images.masks, seed=seed, **self.concept_cfg
             )
-        idata = to_inference_data(fit.model, points.numpy(), num_draws=num_draws, seed=seed)
+        draws = posterior_draws(fit.model, num_draws, min(len(points), 5000))
+        if draws < num_draws:
+            log.info(
+                "layer %r: %d posterior draws in posterior/%s.nc instead of %d (D=%d: more would exceed %d MiB)",
+                name, draws, layer_file(name), num_draws, fit.model.n_features_in_, IDATA_BYTES // 2**20,
+            )  # fmt: skip
+        self.rows[name]["posterior_draws"] = draws
+        idata = to_inference_data(
+            fit.model, points.numpy(), num_draws=draws, seed=seed, max_points=5000, max_bytes=IDATA_BYTES
+        )
         (out_dir / "posterior").mkdir(parents=True, exist_ok=True)
         save_inference_data(idata, out_dir / "posterior" / f"{layer_file(name)}.nc")
+        log.info(
+            "layer %r: maps, scores, concepts and posterior in %.1f s", name, time.perf_counter() - start
+        )
+
+
+IDATA_BYTES = 2**30  # memory for one layer's InferenceData draws
+
+
+def posterior_draws(model, num_draws: int, scored_points: int, max_bytes: int = IDATA_BYTES) -> int:
+    """The most draws (at most ``num_draws``, at least 4) of ``model``'s posterior whose InferenceData
+    fits in ``max_bytes``: wide full-covariance layers (e.g. raw channels, D = 320: 3 GiB for 64 draws)
+    get fewer draws instead of failing the run."""
+    from ..diagnostics.inference_data import estimate_bytes
+
+    K, D, cov = model.truncation, model.n_features_in_, model.covariance
+    per_draw = estimate_bytes(1, 1, K, D, scored_points, cov, False)
+    return int(max(4, min(num_draws, max_bytes // max(per_draw, 1))))
 
 
 def _write_outputs(out_dir: Path, images, metrics: dict, results: _LayerResults, fig_cfg: dict) -> None:

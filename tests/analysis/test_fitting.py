@@ -103,3 +103,20 @@ def test_layers_of_equal_shape_can_share_a_batched_call():
         assert own[name].model.n_active_ == shared[name].model.n_active_ == len(np.unique(truth))
         pts = acts.tensor().numpy()
         assert adjusted_rand_score(truth, shared[name].model.predict(pts)) > 0.99
+
+
+def test_wide_layers_get_as_many_posterior_draws_as_fit_in_memory():
+    from dpmodels import DPGMM
+    from dpmodels.analysis.run import posterior_draws
+    from dpmodels.diagnostics import to_inference_data
+    from dpmodels.diagnostics.inference_data import estimate_bytes
+
+    X = np.random.default_rng(0).normal(size=(300, 12))
+    model = DPGMM(truncation=6, seed=0).fit(X)
+    assert posterior_draws(model, 64, 300) == 64  # narrow: all requested draws
+    budget = estimate_bytes(1, 10, 6, 12, 300, "full", False)  # room for exactly 10 draws
+    draws = posterior_draws(model, 64, 300, max_bytes=budget)
+    assert draws == 10
+    idata = to_inference_data(model, X, num_draws=draws, max_points=300, max_bytes=budget)  # fits, no error
+    assert idata.posterior.sizes["draw"] == 10
+    assert posterior_draws(model, 64, 300, max_bytes=1) == 4  # never below 4 (InferenceData's minimum)
