@@ -135,27 +135,29 @@ class DPGMM:
         checkpoint_every: float = 30.0,
         keep_checkpoint: bool = False,
     ):
-        self.truncation, self.prior, self.concentration, self.discount = (
-            truncation,
-            prior,
-            concentration,
-            discount,
-        )
-        self.learn_concentration, self.prior_settings = learn_concentration, prior_settings
-        self.covariance, self.engine, self.batch_size, self.seed = covariance, engine, batch_size, seed
-        self.device, self.n_restarts, self.max_iter, self.tol = device, n_restarts, max_iter, tol
-        self.active_threshold, self.mean_precision, self.dof, self.scale = (
-            active_threshold,
-            mean_precision,
-            dof,
-            scale,
-        )
-        self.progress, self.chunk_size = progress, chunk_size
-        self.checkpoint, self.checkpoint_every, self.keep_checkpoint = (
-            checkpoint,
-            checkpoint_every,
-            keep_checkpoint,
-        )
+        self.truncation = truncation
+        self.prior = prior
+        self.concentration = concentration
+        self.discount = discount
+        self.learn_concentration = learn_concentration
+        self.prior_settings = prior_settings
+        self.covariance = covariance
+        self.engine = engine
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = device
+        self.n_restarts = n_restarts
+        self.max_iter = max_iter
+        self.tol = tol
+        self.active_threshold = active_threshold
+        self.mean_precision = mean_precision
+        self.dof = dof
+        self.scale = scale
+        self.progress = progress
+        self.chunk_size = chunk_size
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoint = keep_checkpoint
 
     def get_params(self, deep: bool = True) -> dict:
         """The constructor's parameters and their values (scikit-learn's estimator API)."""
@@ -235,7 +237,7 @@ class DPGMM:
         process's ``X`` alone even inside a group."""
         self.validate()
         group = resolve_group(distributed, self._device)
-        raw = self._shard_source(X, group, "DPGMM.fit")
+        raw = self._load_shard(group, "DPGMM.fit", lambda least: self._source(X, min_points=least))
         self._check_memory(self.n_restarts, *raw.shape[1:], in_memory=raw._mapping is None)
         source, scaling = standardize(raw, group=group)  # z = (x - centre) / scale, (1, N, D)
         N, D = source.shape[1:]
@@ -310,27 +312,27 @@ class DPGMM:
         )  # fmt: skip
         return {k: repr(getattr(self, k)) for k in keys}
 
-    def _shard_source(self, X, group, what: str) -> PointSource:
-        """:meth:`_source` of this process's ``X``; data-parallel, also a collective check that every
-        rank's shard is valid, non-empty and as wide as the others, and that the settings agree."""
+    def _load_shard(self, group, what: str, load):
+        """``load(min_points)``: this process's points as a ``(B, N, D)`` source or tensor. Data-parallel
+        (``group``), a collective check too: every rank's shard valid, non-empty and of the same
+        ``(B, D)``, the settings equal on every rank; any failure is one error on every rank."""
         if group is None:
-            return self._source(X)
-        error, raw = None, None
+            return load(2)
+        error, data = None, None
         try:
             if self.engine != "natural":
                 raise ValueError(
                     f"engine={self.engine!r} fits one process's data only; use engine='natural' for a "
-                    "data-parallel fit, or fit(X, distributed=False) to fit each rank's data alone."
+                    "data-parallel fit, or distributed=False to fit each rank's data alone."
                 )
-            raw = self._source(X, min_points=0)
+            data = load(0)
         except ValueError as err:
             error = err
-        N, D = tuple(raw.shape[1:]) if raw is not None else (0, 0)
-        sizes = group.check(
-            error, what, local=N, settings=self._settings(), dtype=str(getattr(raw, "dtype", None)), D=D
-        )
+        B, N, D = tuple(data.shape) if data is not None else (0, 0, 0)
+        dtype = str(getattr(data, "dtype", None))
+        sizes = group.check(error, what, local=N, settings=self._settings(), dtype=dtype, B=B, D=D)
         check_shards(sizes, what)
-        return raw
+        return data
 
     def _run(self, data, spec: ModelSpec, group=None) -> FitResult:
         warn_if_degenerate(data, self.covariance, stacklevel=4, group=group)
@@ -459,23 +461,9 @@ def fit_batched(datasets, *, distributed="auto", **kwargs) -> list[DPGMM]:
         )
     template = DPGMM(**kwargs).validate()
     group = resolve_group(distributed, template._device)
-    if group is None:
-        data = _batched_points(datasets)
-    else:
-        error, data = None, None
-        try:
-            if template.engine != "natural":
-                raise ValueError(
-                    f"engine={template.engine!r} fits one process's data only; use engine='natural' for a "
-                    "data-parallel fit, or distributed=False."
-                )
-            data = _batched_points(datasets, min_points=0)
-        except ValueError as err:
-            error = err
-        B, N, D = data.shape if data is not None else (0, 0, 0)
-        settings, dtype = template._settings(), str(getattr(data, "dtype", None))
-        sizes = group.check(error, "fit_batched", local=N, settings=settings, dtype=dtype, B=B, D=D)
-        check_shards(sizes, "fit_batched")
+    data = template._load_shard(
+        group, "fit_batched", lambda least: _batched_points(datasets, min_points=least)
+    )
     template._check_memory(*data.shape)
     source, scaling = standardize(PointSource(data), group=group)  # each data set by its own centre and scale
     base = empirical_base_measure(
