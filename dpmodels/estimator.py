@@ -48,7 +48,13 @@ class DPGMM:
     learn_concentration : infer ``alpha`` under a ``Gamma(1, 1)`` hyperprior.
     prior_settings : further settings of the chosen prior by name (keywords of
         :func:`~dpmodels.priors.make_prior`), e.g. ``{"a": 0.5}`` for ``"beta_sticks"``.
-    covariance : ``"full"`` (Normal–Wishart) or ``"diag"`` (Normal–Gamma).
+    covariance : ``"full"`` (Normal–Wishart), ``"diag"`` (Normal–Gamma) or ``"lowrank"`` (a
+        factor analyser per component: ``rank`` loadings plus diagonal noise,
+        :mod:`dpmodels.models.lowrank`; for wide layers, between the two in cost and fit).
+    rank : the number of factors of ``"lowrank"`` components, ``1 <= rank < D`` (``None``:
+        ``min(16, D - 1)``); ignored by the other types.
+    loading_precision : the loadings' prior precision relative to the noise precision
+        (``"lowrank"`` only; ``None``: ``1 / D``, a prior as wide as the data's spread).
     engine : ``"natural"`` (closed-form natural-gradient VI, default) or ``"pyro"`` (Pyro SVI).
     batch_size : minibatch size (``None`` = full batch).
     seed : seeds the initialisation and minibatch order; same seed, same result (CPU).
@@ -90,6 +96,8 @@ class DPGMM:
         "learn_concentration": Param("bool"),
         "prior_settings": Param("dict", none=True),
         "covariance": Param("choice", choices=COVARIANCE_TYPES, hint="try 'diag' for many features or 'full' otherwise"),
+        "rank": Param("int", low=1, none=True, hint="try 16, or None for min(16, D - 1)"),
+        "loading_precision": Param("number", low=0, open_low=True, none=True, hint="None means 1 / D"),
         "engine": Param("choice", choices=ENGINES, hint="try engine='natural'"),
         "batch_size": Param("int", low=1, none=True, hint="use None for full-batch fitting"),
         "seed": Param("int"),
@@ -118,6 +126,8 @@ class DPGMM:
         learn_concentration: bool = False,
         prior_settings: dict | None = None,
         covariance: str = "full",
+        rank: int | None = None,
+        loading_precision: float | None = None,
         engine: str = "natural",
         batch_size: int | None = None,
         seed: int = 0,
@@ -142,6 +152,8 @@ class DPGMM:
         self.learn_concentration = learn_concentration
         self.prior_settings = prior_settings
         self.covariance = covariance
+        self.rank = rank
+        self.loading_precision = loading_precision
         self.engine = engine
         self.batch_size = batch_size
         self.seed = seed
@@ -195,6 +207,12 @@ class DPGMM:
                 "a learned concentration has closed-form updates",
                 "use engine='pyro' for it, or learn_concentration=False.",
             )
+        if self.covariance == "lowrank" and self.engine != "natural":
+            raise ValueError(
+                f"covariance='lowrank' is fitted by engine='natural' only, got engine={self.engine!r}; use "
+                "engine='natural' (the Pyro model of low-rank components is there to check the bound: "
+                "dpmodels.models.lowrank_pyro)."
+            )
         if self.checkpoint is not None and self.engine != "natural":
             raise ValueError(
                 f"checkpoint is supported by engine='natural' only, got engine={self.engine!r}; "
@@ -242,21 +260,8 @@ class DPGMM:
         source, scaling = standardize(raw, group=group)  # z = (x - centre) / scale, (1, N, D)
         N, D = source.shape[1:]
         data = repeat_source(source, self.n_restarts)  # (B, N, D), restarts share memory
-        base = empirical_base_measure(
-            source,
-            self.covariance,
-            mean_precision=self.mean_precision,
-            dof=self.dof,
-            scale=scaling.scale_to_z(self.scale, self.covariance, D),
-            group=group,
-        )
-        base = base.__class__(
-            base.covariance,
-            *(
-                t.expand((self.n_restarts,) + t.shape[1:]).clone()
-                for t in (base.mean, base.mean_precision, base.dof, base.scale)
-            ),
-        )
+        base = self._base_measure(source, scaling, group)
+        base = base.map(lambda t: t.expand((self.n_restarts,) + t.shape[1:]).clone())
         spec = ModelSpec(self.weight_prior, base.to(device=self._device), self.truncation)
         result = self._run(data, spec, group)
         scaling = scaling.expand(self.n_restarts)
@@ -279,6 +284,23 @@ class DPGMM:
                 return self.fit(points, distributed=distributed)
             finally:
                 del points
+
+    def _base_measure(self, source, scaling, group):
+        """The empirical base measure of the standardised ``source`` with this estimator's overrides."""
+        D = source.shape[-1]
+        rank = self.rank
+        if self.covariance == "lowrank" and rank is None:
+            rank = max(1, min(16, D - 1))
+        return empirical_base_measure(
+            source,
+            self.covariance,
+            mean_precision=self.mean_precision,
+            dof=self.dof,
+            scale=scaling.scale_to_z(self.scale, self.covariance, D),
+            group=group,
+            rank=rank,
+            loading_precision=self.loading_precision,
+        )
 
     def _check_memory(self, B: int, N: int, D: int, in_memory: bool = True) -> None:
         """Refuse, before allocating, a fit that would not fit in memory (see :mod:`dpmodels.infer.memory`)."""
@@ -306,7 +328,7 @@ class DPGMM:
     def _settings(self) -> dict:
         """Every setting that shapes a fit, as strings (data-parallel ranks must agree on them)."""
         keys = (
-            "truncation", "weight_prior", "covariance", "engine", "batch_size", "seed", "device", "n_restarts",
+            "truncation", "weight_prior", "covariance", "rank", "loading_precision", "engine", "batch_size", "seed", "device", "n_restarts",
             "max_iter", "tol", "active_threshold", "mean_precision", "dof", "scale", "chunk_size", "checkpoint",
             "checkpoint_every", "keep_checkpoint",
         )  # fmt: skip
@@ -466,14 +488,7 @@ def fit_batched(datasets, *, distributed="auto", **kwargs) -> list[DPGMM]:
     )
     template._check_memory(*data.shape)
     source, scaling = standardize(PointSource(data), group=group)  # each data set by its own centre and scale
-    base = empirical_base_measure(
-        source,
-        template.covariance,
-        mean_precision=template.mean_precision,
-        dof=template.dof,
-        scale=scaling.scale_to_z(template.scale, template.covariance, data.shape[-1]),
-        group=group,
-    )
+    base = template._base_measure(source, scaling, group)
     spec = ModelSpec(template.weight_prior, base.to(device=template._device), template.truncation)
     result = template._run(source, spec, group)
     user = scaling.result_to_user(result)

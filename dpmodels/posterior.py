@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .models.base_measure import BaseMeasure
 from .models.dpgmm import ModelSpec
 from .models.family import (
     VariationalParams,
@@ -23,6 +22,7 @@ from .models.family import (
     take_components,
 )
 from .models.guide import assignment_log_probs
+from .models.lowrank import lowrank_covariances, lowrank_draws
 
 __all__ = ["MixturePosterior"]
 
@@ -111,8 +111,11 @@ class MixturePosterior:
 
     @property
     def covariances(self) -> Tensor:
-        """``E[Lambda]^-1 = Psi / nu``: ``(B, K, D, D)`` (full) or variances ``(B, K, D)`` (diag)."""
+        """``E[Lambda]^-1 = Psi / nu``: ``(B, K, D, D)`` (full) or variances ``(B, K, D)`` (diag);
+        low-rank: ``E[W] E[W]^T + diag(E[lambda]^-1)`` ``(B, K, D, D)``."""
         p = self.params
+        if p.covariance == "lowrank":
+            return self._take(lowrank_covariances(p))
         if p.covariance == "full":
             psi = p.scale_tril @ p.scale_tril.transpose(-1, -2)
             return self._take(psi / p.dof[..., None, None])
@@ -196,6 +199,8 @@ class MixturePosterior:
         ``precisions`` ``(S, B, K, D, D)`` or ``(S, B, K, D)``, ``covariances`` likewise,
         ``precision_trils`` ``(S, B, K, D, D)`` (full: lower-triangular ``T`` with
         ``Lambda = T T^T``, exact from the Bartlett draw) and ``concentration (S, B)`` when learned.
+        Low-rank components: ``precisions`` and ``covariances`` are the noise's ``(S, B, K, D)``,
+        with ``loadings (S, B, K, D, r)`` (a component's covariance is ``W W^T + diag(covariances)``).
         Full-covariance draws are computed in float64 and returned in ``dtype`` (default: the
         parameters' dtype); ask for ``torch.float64`` when nearly singular draws must stay exact.
         """
@@ -204,9 +209,12 @@ class MixturePosterior:
         p, S = self.params, (num_samples,)
         with torch.no_grad():
             log_w = self.spec.prior.sample_posterior_log_weights(p, S)  # (S, B, K)
-            tril = None
+            tril = loadings = None
             if p.covariance == "full":
                 prec, cov, means, tril = _normal_wishart_draws(p, S, dtype)
+            elif p.covariance == "lowrank":
+                prec, means, loadings = lowrank_draws(p, S)
+                cov = 1.0 / prec
             else:
                 shape = 0.5 * p.dof.unsqueeze(-1).expand_as(p.scale)
                 prec = torch.distributions.Gamma(shape, 0.5 * p.scale).sample(S)  # (S, B, K, D)
@@ -228,6 +236,8 @@ class MixturePosterior:
         }
         if tril is not None:
             out["precision_trils"] = take(tril)
+        if loadings is not None:
+            out["loadings"] = take(loadings)
         if p.conc_shape is not None:
             out["concentration"] = torch.distributions.Gamma(p.conc_shape, p.conc_rate).sample(S)
         return out
@@ -236,9 +246,7 @@ class MixturePosterior:
         """The posterior of fit ``index`` alone (``B = 1``)."""
         sl = slice(index, index + 1)
         base = self.spec.base
-        base_b = BaseMeasure(
-            base.covariance, base.mean[sl], base.mean_precision[sl], base.dof[sl], base.scale[sl]
-        )
+        base_b = base.map(lambda t: t[sl])
         return MixturePosterior(
             self.params.map(lambda t: t[sl]),
             ModelSpec(self.spec.prior, base_b, self.spec.truncation),

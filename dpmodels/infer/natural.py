@@ -22,11 +22,12 @@ from tqdm.auto import tqdm
 from ..distributed import DataParallel, Shard
 from ..models.dpgmm import ModelSpec
 from ..models.family import VariationalParams
+from ..models.lowrank import initial_lowrank_stats
 from .checkpoint import FitCheckpointer, FitCheckpointError, fingerprint, params_from_state, params_to_state
 from .init import initial_stats
 from .phases import EngineState, Tracker, full_batch_phase, minibatch_phase
 from .result import ConvergenceWarning, FitResult, auto_chunk_size
-from .updates import m_step
+from .updates import Stats, m_step
 
 __all__ = [
     "NaturalOptions",
@@ -132,7 +133,11 @@ def initial_params(
     n = min(N, subsample)
     idx = torch.randperm(N, generator=generator)[:n].sort().values
     x = shard.gather_rows(data, idx).to(device=device, dtype=torch.float64) - shift.to(device).unsqueeze(1)
-    stats = initial_stats(x, spec.truncation, N, generator, covariance=spec.covariance)
+    if spec.covariance == "lowrank":  # k-means clusters, then each cluster's principal axes
+        hard = initial_stats(x, spec.truncation, N, generator, covariance="diag")
+        stats = Stats(*initial_lowrank_stats(x, hard.count, hard.s1, spec.base.rank, N / x.shape[1]))
+    else:
+        stats = initial_stats(x, spec.truncation, N, generator, covariance=spec.covariance)
     return m_step(stats, base_c.to(device=device), spec.prior), base_c.to(device=device), shift.to(device)
 
 

@@ -183,9 +183,12 @@ def minibatch_phase(state: EngineState, params: VariationalParams, resume: dict 
 def _zero_stats(params: VariationalParams, B: int, D: int) -> Stats:
     """Statistics of no points (a rank that holds none of a minibatch)."""
     K, dev = params.mean.shape[1], params.mean.device
-    s2 = (B, K, D, D) if params.covariance == "full" else (B, K, D)
+    s1, s2 = (B, K, D), (B, K, D, D) if params.covariance == "full" else (B, K, D)
+    if params.covariance == "lowrank":
+        q = params.loadings.shape[-1] + 1
+        s1, s2 = (B, K, D, q), (B, K, D + q * q)
     z = dict(dtype=torch.float64, device=dev)
-    return Stats(torch.zeros(B, K, **z), torch.zeros(B, K, D, **z), torch.zeros(s2, **z), torch.zeros(B, **z))
+    return Stats(torch.zeros(B, K, **z), torch.zeros(s1, **z), torch.zeros(s2, **z), torch.zeros(B, **z))
 
 
 def _mb_state(state: dict, epoch_elbo: list[Tensor]) -> dict:

@@ -28,6 +28,7 @@ from ..models.family import (
     take_components,
 )
 from ..models.guide import assignment_log_probs
+from ..models.lowrank import factor_statistics, lowrank_component_update, lowrank_elbo_terms, pack_stats
 from ..models.quadratic import QuadraticPlan, weighted_scatter
 from ..priors import WeightPrior
 
@@ -48,7 +49,9 @@ __all__ = [
 @dataclass
 class Stats:
     """Expected sufficient statistics (float64): ``count (B, K)``, ``s1 (B, K, D)``,
-    ``s2 (B, K, D, D)`` (full) or ``(B, K, D)`` (diag), assignment ``entropy (B,)``."""
+    ``s2 (B, K, D, D)`` (full) or ``(B, K, D)`` (diag), assignment ``entropy (B,)``. Low-rank
+    components pack theirs as :mod:`dpmodels.models.lowrank` states (``s1 (B, K, D, r+1)``,
+    ``s2 (B, K, D + (r+1)^2)``; the entropy includes the factors')."""
 
     count: Tensor
     s1: Tensor
@@ -108,8 +111,34 @@ def e_step(
     (float64) and ``log r (B, n, K)``.
     """
     plan = plan or quadratic_plan(params)
+    if params.covariance == "lowrank":
+        return _lowrank_e_step(params, x, e_log_pi, plan)
     log_r = assignment_log_probs(params, x, e_log_pi, plan)  # (B, n, K)
     return stats_from_responsibilities(log_r, x, plan.form), log_r
+
+
+def _lowrank_e_step(
+    params: VariationalParams, x: Tensor, e_log_pi: Tensor | None, plan
+) -> tuple[Stats, Tensor]:
+    """The E-step of low-rank components: responsibilities and the factors' posterior means come
+    from one pass of the plan; statistics accumulate in float64 across blocks of points."""
+    if e_log_pi is None:
+        e_log_pi = expected_log_weights(params)
+    parts, logs = None, []
+    for start in range(0, x.shape[1], STATS_BLOCK):
+        xb = x[:, start : start + STATS_BLOCK]
+        loglik, ey = plan.factors(xb)
+        log_r = torch.log_softmax(e_log_pi.unsqueeze(1) + loglik, dim=-1)  # (B, m, K)
+        count, sxy, sxx, syy, h_y = factor_statistics(plan, xb, log_r.exp(), ey)
+        r = log_r.exp()
+        h_z = -torch.where(r > 0, r * log_r, torch.zeros_like(r)).double().sum((1, 2))
+        block = (count, sxy, sxx, syy, h_y + h_z)
+        parts = block if parts is None else tuple(a + b for a, b in zip(parts, block, strict=True))
+        logs.append(log_r)
+    if parts is None:
+        raise ValueError("an E-step needs at least one point; got an empty chunk.")
+    count, sxy, sxx, syy, entropy = parts
+    return Stats(count, *pack_stats(sxy, sxx, syy), entropy), torch.cat(logs, 1)
 
 
 def stats_from_responsibilities(log_r: Tensor, x: Tensor, form: str) -> Stats:
@@ -147,6 +176,8 @@ def component_update(stats: Stats, base: BaseMeasure) -> VariationalParams:
 
     Each component depends on its own statistics only, so ``stats`` may hold any number ``K'`` of
     components (e.g. one merged candidate per pair); ``base`` has one row per fit ``(B, ...)``."""
+    if base.covariance == "lowrank":
+        return VariationalParams("lowrank", **lowrank_component_update(stats.count, stats.s1, stats.s2, base))
     n_k = stats.count.clamp_min(0.0)  # (B, K')
     beta = base.mean_precision[:, None] + n_k
     mean = stats.s1 / beta.unsqueeze(-1)
@@ -195,6 +226,8 @@ def component_elbo_terms(stats: Stats, params: VariationalParams, base: BaseMeas
     """Each component's share of the ELBO, ``(B, K')``: its expected data log-likelihood under
     ``q(z)`` minus ``KL(q(mu_k, Lambda_k) || base)``. A component with no points at the prior
     contributes zero. Like :func:`component_update`, it works for any number ``K'`` of components."""
+    if params.covariance == "lowrank":
+        return lowrank_elbo_terms(stats.count, stats.s1, stats.s2, params, base)
     D = params.num_features
     n_k = stats.count
     m = params.mean  # (B, K, D), centred

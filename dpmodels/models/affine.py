@@ -94,6 +94,8 @@ class AffineScaling:
             out.scale_tril = (s[:, None, None, None] * params.scale_tril.double()).to(params.scale_tril.dtype)
         if params.scale is not None:
             out.scale = (s.pow(2)[:, None, None] * params.scale.double()).to(params.scale.dtype)
+        if params.loadings is not None:
+            out.loadings = (s[:, None, None, None] * params.loadings.double()).to(params.loadings.dtype)
         return out
 
     def result_to_user(self, result):

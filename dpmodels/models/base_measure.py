@@ -4,6 +4,9 @@
   ``mu | Lambda ~ N(mean, (mean_precision * Lambda)^-1)``; ``E[Lambda] = dof * Psi^-1``.
 * ``covariance="diag"``: Normal–Gamma per feature. ``lambda_d ~ Gamma(dof / 2, Psi_d / 2)`` and
   ``mu_d | lambda_d ~ N(mean_d, 1 / (mean_precision * lambda_d))``; ``E[lambda_d] = dof / Psi_d``.
+* ``covariance="lowrank"``: the diagonal prior on the noise precisions and means, plus ``rank``
+  loadings per feature, ``W_dj | lambda_d ~ N(0, 1 / (loading_precision * lambda_d))``
+  (:mod:`dpmodels.models.lowrank`).
 
 Defaults follow the data, as scikit-learn's ``BayesianGaussianMixture`` does: ``mean`` is the data
 mean, ``mean_precision`` is 1, ``dof`` is ``D`` and ``Psi`` is the empirical covariance (variances
@@ -18,16 +21,17 @@ positive definite while the directions the data do not span get a small, data-re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from ..data.source import PointSource
 
-__all__ = ["COVARIANCE_TYPES", "BaseMeasure", "empirical_base_measure", "singular_fits"]
+__all__ = ["COVARIANCE_TYPES", "BaseMeasure", "check_rank", "empirical_base_measure", "singular_fits"]
 
-COVARIANCE_TYPES = ("full", "diag")
+COVARIANCE_TYPES = ("full", "diag", "lowrank")
 
 
 @dataclass
@@ -35,7 +39,10 @@ class BaseMeasure:
     """Hyperparameters of the component prior for ``B`` independent fits.
 
     Shapes: ``mean (B, D)``, ``mean_precision (B,)``, ``dof (B,)``, ``scale`` is ``Psi``:
-    ``(B, D, D)`` for full covariance, ``(B, D)`` for diagonal.
+    ``(B, D, D)`` for full covariance, ``(B, D)`` for diagonal and low-rank. ``rank`` and
+    ``loading_precision``: the low-rank components' number of factors and their loadings' prior
+    precision (relative to the noise precision, see :func:`empirical_base_measure`); unused by the
+    other types.
     """
 
     covariance: str
@@ -43,6 +50,12 @@ class BaseMeasure:
     mean_precision: Tensor
     dof: Tensor
     scale: Tensor
+    rank: int = 0
+    loading_precision: float = 1.0
+
+    def map(self, fn) -> BaseMeasure:
+        """Apply ``fn`` to every tensor (``mean, mean_precision, dof, scale``), keeping the rest."""
+        return replace(self, **{f: fn(getattr(self, f)) for f in ("mean", "mean_precision", "dof", "scale")})
 
     @property
     def num_features(self) -> int:
@@ -54,16 +67,7 @@ class BaseMeasure:
         return torch.linalg.cholesky(self.scale)
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None):
-        def conv(t: Tensor) -> Tensor:
-            return t.to(dtype=dtype, device=device)
-
-        return BaseMeasure(
-            self.covariance,
-            conv(self.mean),
-            conv(self.mean_precision),
-            conv(self.dof),
-            conv(self.scale),
-        )
+        return self.map(lambda t: t.to(dtype=dtype, device=device))
 
 
 def empirical_base_measure(
@@ -76,6 +80,8 @@ def empirical_base_measure(
     reg_covar: float = 1e-6,
     singular_ridge: float = 1e-3,
     group=None,
+    rank: int | None = None,
+    loading_precision: float | None = None,
 ) -> BaseMeasure:
     """Empirical-Bayes hyperparameters from ``data`` of shape ``(B, N, D)`` (or ``(N, D)``), a
     tensor, array or :class:`~dpmodels.data.PointSource` (read in chunks). Returned on the CPU.
@@ -85,7 +91,12 @@ def empirical_base_measure(
     When the empirical covariance is singular (see :func:`singular_fits`), the default ``Psi``
     carries a ridge of ``singular_ridge`` times its mean variance instead of ``reg_covar``.
     With ``group`` (a :class:`~dpmodels.distributed.DataParallel`) the moments are those of all
-    ranks' points together.
+    ranks' points together. ``rank`` (``1 <= rank < D``) and ``loading_precision`` (``> 0``;
+    default ``1 / D``): low-rank components only. With the default, a loading's prior variance,
+    ``1 / (loading_precision lambda_d)``, is about the feature's variance in the data (the prior
+    noise variance ``Psi0_d / dof0`` is about ``1 / D`` of it), so the prior does not shrink factors
+    the data support; a stronger prior (e.g. 1) makes VB trade loading scale against factor scale
+    for hundreds of slow iterations.
     """
     if covariance not in COVARIANCE_TYPES:
         raise ValueError(
@@ -94,7 +105,15 @@ def empirical_base_measure(
         )
     source = data if isinstance(data, PointSource) else PointSource(data)
     B, N, D = source.shape
-    data_mean, emp = source.moments(covariance, group=group)  # float64 (B, D), (B, D, D) or (B, D)
+    if loading_precision is None:
+        loading_precision = 1.0 / D
+    if covariance == "lowrank":
+        check_rank(rank, D)
+        if not float(loading_precision) > 0:
+            raise ValueError(f"loading_precision must be > 0, got {loading_precision!r}; try 1.0.")
+    data_mean, emp = source.moments(
+        "full" if covariance == "full" else "diag", group=group
+    )  # float64 (B, D), (B, D, D) or (B, D)
     if dof is None:
         dof = float(D)
     if dof <= D - 1:
@@ -116,7 +135,7 @@ def empirical_base_measure(
         else:
             psi = torch.as_tensor(scale, dtype=torch.float64).expand(B, D).clone()
             if not (psi > 0).all():
-                raise ValueError("scale must be positive for covariance='diag'.")
+                raise ValueError(f"scale must be positive for covariance={covariance!r}.")
     dtype = source.dtype
     return BaseMeasure(
         covariance=covariance,
@@ -124,7 +143,19 @@ def empirical_base_measure(
         mean_precision=torch.full((B,), float(mean_precision), dtype=dtype),
         dof=torch.full((B,), float(dof), dtype=dtype),
         scale=psi.to(dtype),
+        rank=int(rank) if covariance == "lowrank" else 0,
+        loading_precision=float(loading_precision),
     )
+
+
+def check_rank(rank, num_features: int) -> None:
+    """One clear error unless ``rank`` is an integer with ``1 <= rank < num_features``."""
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= rank < num_features:
+        raise ValueError(
+            f"covariance='lowrank' needs an integer rank with 1 <= rank < D = {num_features} (the number "
+            f"of features), got rank={rank!r}; try rank={max(1, min(16, num_features - 1))}, or "
+            "covariance='full' when the data have few features."
+        )
 
 
 def singular_fits(cov: Tensor, rtol: float = 1e-7) -> Tensor:

@@ -32,6 +32,13 @@ from ..priors import (
     gamma_kl,
 )
 from .base_measure import BaseMeasure
+from .lowrank import (
+    LowRankPlan,
+    lowrank_expected_log_det_precision,
+    lowrank_kl_terms,
+    lowrank_log_predictive,
+    lowrank_plan,
+)
 from .quadratic import BLOCK_ELEMENTS, QuadraticPlan, plan_quadratic, second_moments
 
 __all__ = [
@@ -60,7 +67,8 @@ class VariationalParams:
 
     ``stick_a, stick_b (B, K-1)`` or ``dirichlet (B, K)``; ``conc_shape, conc_rate (B,)`` when the
     concentration is learned; ``mean (B, K, D)``, ``mean_precision (B, K)``, ``dof (B, K)``;
-    ``scale_tril (B, K, D, D)`` (full) or ``scale (B, K, D)`` (diag).
+    ``scale_tril (B, K, D, D)`` (full) or ``scale (B, K, D)`` (diag and lowrank); ``loadings
+    (B, K, D, r)`` and ``factor_precision (B, K, r+1, r+1)`` (lowrank, :mod:`dpmodels.models.lowrank`).
     """
 
     covariance: str
@@ -69,6 +77,8 @@ class VariationalParams:
     dof: Tensor
     scale_tril: Tensor | None = None
     scale: Tensor | None = None
+    loadings: Tensor | None = None
+    factor_precision: Tensor | None = None
     stick_a: Tensor | None = None
     stick_b: Tensor | None = None
     dirichlet: Tensor | None = None
@@ -131,6 +141,8 @@ def _multi_digamma_sum(half_dof: Tensor, D: int) -> Tensor:
 def expected_log_det_precision(params: VariationalParams) -> Tensor:
     """``E_q[log |Lambda_k|]`` ``(B, K)``."""
     D, nu = params.num_features, params.dof
+    if params.covariance == "lowrank":
+        return lowrank_expected_log_det_precision(params)
     if params.covariance == "full":
         return _multi_digamma_sum(0.5 * nu, D) + D * math.log(2.0) - _log_det_from_tril(params.scale_tril)
     return D * torch.digamma(0.5 * nu) - torch.log(0.5 * params.scale).sum(-1)
@@ -141,9 +153,12 @@ def _inverse_tril(tril: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(tril, eye, upper=False)
 
 
-def quadratic_plan(params: VariationalParams, form: str | None = None) -> QuadraticPlan:
+def quadratic_plan(params: VariationalParams, form: str | None = None) -> QuadraticPlan | LowRankPlan:
     """The :class:`~dpmodels.models.quadratic.QuadraticPlan` of ``params``' components (``Psi_k``):
-    build it once per pass over the data and hand it to :func:`expected_log_likelihood`."""
+    build it once per pass over the data and hand it to :func:`expected_log_likelihood`. Low-rank
+    components get a :class:`~dpmodels.models.lowrank.LowRankPlan`."""
+    if params.covariance == "lowrank":
+        return lowrank_plan(params)
     return plan_quadratic(params.covariance, params.mean, params.scale_tril, params.scale, form)
 
 
@@ -157,8 +172,12 @@ def expected_log_likelihood(
 ) -> Tensor:
     """``E_q[log N(x_n | mu_k, Lambda_k^-1)]`` ``(B, n, K)`` for ``x (B, n, D)``.
 
-    ``plan``: :func:`quadratic_plan` of ``params``, when the caller evaluates many chunks.
+    ``plan``: :func:`quadratic_plan` of ``params``, when the caller evaluates many chunks. Low-rank
+    components: the factors ``y_n`` integrated over their mean-field posterior
+    (:class:`~dpmodels.models.lowrank.LowRankPlan`).
     """
+    if params.covariance == "lowrank":
+        return (plan or quadratic_plan(params)).expected_log_likelihood(x)
     D = params.num_features
     const = 0.5 * expected_log_det_precision(params) - 0.5 * D * LOG_2PI - 0.5 * D / params.mean_precision
     maha = (plan or quadratic_plan(params)).mahalanobis(x)
@@ -190,6 +209,8 @@ def log_predictive_components(
     """
     out_dtype = x.dtype
     params, x = params.map(lambda t: t.double()), x.double()
+    if params.covariance == "lowrank":
+        return lowrank_log_predictive(params, x).to(out_dtype)
     if plan is None:
         plan = predictive_plan(params)
     return _log_predictive_components(params, x, plan).to(out_dtype)
@@ -241,6 +262,8 @@ def components_kl(params: VariationalParams, base: BaseMeasure) -> Tensor:
 
 def components_kl_terms(params: VariationalParams, base: BaseMeasure) -> Tensor:
     """``KL(q(mu_k, Lambda_k) || base measure)`` per component, ``(B, K)``."""
+    if params.covariance == "lowrank":
+        return lowrank_kl_terms(params, base)
     D = params.num_features
     beta, nu = params.mean_precision, params.dof  # (B, K)
     beta0, nu0 = base.mean_precision.unsqueeze(-1), base.dof.unsqueeze(-1)  # (B, 1)

@@ -1,0 +1,351 @@
+"""Low-rank-plus-diagonal components: a Dirichlet-process mixture of factor analysers.
+
+``covariance="lowrank"`` with rank ``r`` gives every component ``k`` the generative story
+
+    lambda_kd            ~ Gamma(nu0 / 2, Psi0_d / 2)                 noise precision of feature d
+    w_kd | lambda_kd     ~ N(0, (lambda_kd A0)^-1),   w_kd = (W_kd1, ..., W_kdr, mu_kd)
+    y_n                  ~ N(0, I_r)                                   the point's factors
+    x_nd | z_n = k, y_n  ~ N(W_kd . y_n + mu_kd, 1 / lambda_kd)
+
+with ``A0 = diag(loading_precision, ..., loading_precision, mean_precision)``. Integrating ``y_n``
+out, ``x_n | z_n = k ~ N(mu_k, W_k W_k^T + diag(1 / lambda_k))``: a factor analyser, ``D (r + 2)``
+numbers per component instead of ``D (D + 3) / 2``. Rank 0 is exactly the diagonal Normal-Gamma
+component of :mod:`dpmodels.models.base_measure`.
+
+Variational family (in the style of Ghahramani & Beal 2000, "Variational inference for Bayesian
+mixtures of factor analysers", with a conjugate prior instead of their point-estimated noise and
+ARD loadings so that every update is closed form and the ELBO exact from statistics):
+
+* ``q(w_kd, lambda_kd)`` Normal-Gamma: ``lambda_kd ~ Gamma(dof_k / 2, scale_kd / 2)``,
+  ``w_kd | lambda_kd ~ N(m_kd, (lambda_kd A_k)^-1)``, one ``(r+1) x (r+1)`` row precision ``A_k``
+  per component shared by its features (the complete conditional is a Bayesian linear regression
+  per feature on the same regressors ``(y_n, 1)``);
+* ``q(y_n | z_n = k) = N(P_k^-1 h_nk, P_k^-1)``, the optimum given the globals, with
+  ``P_k = I + E[W_k^T Lambda_k W_k]`` and ``h_nk = E[W_k^T Lambda_k] x_n - E[W_k^T Lambda_k mu_k]``;
+* ``q(z_n)`` from ``log rho_nk = E[log pi_k] + log integral exp E[log p(x_n, y | z_n = k)] dy``.
+
+Sufficient statistics of component ``k`` (what an M-step needs, additive over points, so merges and
+data-parallel sums work as for the other covariance types): ``N_k``, ``S_xy = sum_n r_nk x_n
+E[y~_nk]^T (D, r+1)`` with ``y~ = (y, 1)``, ``S_xx = sum_n r_nk x_n^2 (D)`` and ``S_yy = sum_n r_nk
+E[y~ y~^T] (r+1, r+1)``. They travel in :class:`~dpmodels.infer.updates.Stats` as ``s1 = S_xy`` and
+``s2 = [S_xx, vec(S_yy)]`` ``(D + (r+1)^2)``; the factors' entropy ``sum_nk r_nk H[q(y_n | k)]`` is
+added to the assignment entropy.
+
+Memory: an E-step over a chunk of ``n`` points holds ``(B, n, K, r)`` values (the factors' means);
+the per-component state is ``(B, K, D, r)`` plus ``(B, K, r+1, r+1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LowRankPlan",
+    "lowrank_plan",
+    "pack_stats",
+    "unpack_stats",
+    "prior_row_precision",
+    "lowrank_component_update",
+    "lowrank_elbo_terms",
+    "lowrank_kl_terms",
+    "lowrank_log_predictive",
+    "lowrank_covariances",
+    "lowrank_expected_log_det_precision",
+]
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _rank(params) -> int:
+    return params.loadings.shape[-1]
+
+
+def _chol_logdet(tril: Tensor) -> Tensor:
+    return 2.0 * torch.log(tril.diagonal(dim1=-2, dim2=-1)).sum(-1)
+
+
+def _sym(a: Tensor) -> Tensor:
+    return 0.5 * (a + a.transpose(-1, -2))
+
+
+def _row_means(params) -> Tensor:
+    """``m_kd = E[w_kd]`` ``(B, K, D, r+1)``: the loadings with the mean as last column."""
+    return torch.cat([params.loadings, params.mean.unsqueeze(-1)], -1)
+
+
+def lowrank_expected_log_det_precision(params) -> Tensor:
+    """``E_q[log |Lambda_k|] = sum_d E[log lambda_kd]`` ``(B, K)`` (as for diagonal components)."""
+    return (torch.digamma(0.5 * params.dof).unsqueeze(-1) - torch.log(0.5 * params.scale)).sum(-1)
+
+
+@dataclass
+class LowRankPlan:
+    """Per-component factors of an E-step, built once per pass (:func:`lowrank_plan`).
+
+    ``lam (B, K, D)`` = ``E[lambda]``; ``lam_w (B, K, D, r)`` = ``E[lambda] E[W]``; ``lam_mu (B, K, D)``;
+    ``m_y1 (B, K, r)`` = the factor/mean block of ``E[w~^T Lambda w~]``; ``p_inv (B, K, r, r)`` =
+    ``P_k^-1``, the factors' posterior covariance; ``const (B, K)``: every term of ``log rho_nk`` that does not depend
+    on the point; ``log_det_p (B, K)``."""
+
+    lam: Tensor
+    lam_w: Tensor
+    lam_mu: Tensor
+    m_y1: Tensor
+    p_inv: Tensor
+    const: Tensor
+    log_det_p: Tensor
+    form: str = "lowrank"
+
+    @property
+    def rank(self) -> int:
+        return self.lam_w.shape[-1]
+
+    def factors(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``E[log p(x_n | z_n = k)]`` integrated over the factors, ``(B, n, K)``, and the factors'
+        means ``E[y_n | z_n = k]`` ``(B, K, r, n)`` for ``x (B, n, D)`` (centred like the plan)."""
+        B, n, D = x.shape
+        K, r = self.lam.shape[1], self.rank
+        quad = (x * x) @ self.lam.transpose(1, 2)  # (B, n, K)
+        lin = x @ self.lam_mu.transpose(1, 2)  # (B, n, K)
+        h = (x @ self.lam_w.permute(0, 2, 1, 3).reshape(B, D, K * r)).reshape(B, n, K, r)
+        h = h.permute(0, 2, 3, 1) - self.m_y1.unsqueeze(-1)  # (B, K, r, n)
+        ey = self.p_inv @ h  # P^-1 h  (B, K, r, n); r is small: a product, not r x r solves per point
+        loglik = self.const.unsqueeze(1) - 0.5 * quad + lin + 0.5 * (h * ey).sum(2).transpose(1, 2)
+        return loglik, ey
+
+    def expected_log_likelihood(self, x: Tensor) -> Tensor:
+        return self.factors(x)[0]
+
+
+def lowrank_plan(params, dtype: torch.dtype | None = None) -> LowRankPlan:
+    """The :class:`LowRankPlan` of ``params`` (computed in float64, returned in ``dtype``, default
+    the parameters' dtype)."""
+    dtype = dtype or params.mean.dtype
+    p = params.map(lambda t: t.double())
+    r, D = _rank(p), p.num_features
+    lam = p.dof.unsqueeze(-1) / p.scale  # (B, K, D)
+    m = _row_means(p)  # (B, K, D, q)
+    a_inv = torch.cholesky_inverse(torch.linalg.cholesky(_sym(p.factor_precision)))  # (B, K, q, q)
+    big_m = _sym((m * lam.unsqueeze(-1)).transpose(-1, -2) @ m + D * a_inv)  # E[w~^T Lambda w~]
+    eye = torch.eye(r, dtype=torch.float64, device=lam.device)
+    chol_p = torch.linalg.cholesky(eye + big_m[..., :r, :r])
+    log_det_p = _chol_logdet(chol_p)
+    const = (
+        0.5 * lowrank_expected_log_det_precision(p)
+        - 0.5 * D * LOG_2PI
+        - 0.5 * big_m[..., r, r]
+        - 0.5 * log_det_p
+    )
+    out = LowRankPlan(
+        lam=lam,
+        lam_w=lam.unsqueeze(-1) * p.loadings,
+        lam_mu=lam * p.mean,
+        m_y1=big_m[..., :r, r],
+        p_inv=_sym(torch.cholesky_inverse(chol_p)),
+        const=const,
+        log_det_p=log_det_p,
+    )
+    return LowRankPlan(*(getattr(out, f).to(dtype) for f in LowRankPlan.__dataclass_fields__ if f != "form"))
+
+
+def pack_stats(sxy: Tensor, sxx: Tensor, syy: Tensor) -> tuple[Tensor, Tensor]:
+    """``(s1, s2)`` of :class:`~dpmodels.infer.updates.Stats` from ``S_xy (B, K, D, q)``,
+    ``S_xx (B, K, D)`` and ``S_yy (B, K, q, q)``."""
+    return sxy, torch.cat([sxx, syy.flatten(-2)], -1)
+
+
+def unpack_stats(s1: Tensor, s2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(S_xy, S_xx, S_yy)`` from the packed ``s1 (B, K, D, q)``, ``s2 (B, K, D + q^2)``."""
+    D, q = s1.shape[-2], s1.shape[-1]
+    return s1, s2[..., :D], s2[..., D:].reshape(s2.shape[:-1] + (q, q))
+
+
+def prior_row_precision(base, rank: int | None = None) -> Tensor:
+    """``A0`` ``(B, q, q)``: ``loading_precision`` on the ``r`` loadings, ``mean_precision`` on the mean."""
+    r = base.rank if rank is None else rank
+    B = base.mean.shape[0]
+    diag = torch.full(
+        (B, r + 1), float(base.loading_precision), dtype=base.mean.dtype, device=base.mean.device
+    )
+    diag[:, r] = base.mean_precision
+    return torch.diag_embed(diag)
+
+
+def factor_statistics(plan: LowRankPlan, x: Tensor, r_nk: Tensor, ey: Tensor):
+    """``(count, S_xy, S_xx, S_yy, factor entropy)`` of a centred chunk ``x (B, n, D)`` under
+    responsibilities ``r_nk (B, n, K)`` and factor means ``ey (B, K, r, n)``, in float64."""
+    B, n, D = x.shape
+    K, r = r_nk.shape[-1], plan.rank
+    rT = r_nk.transpose(1, 2)  # (B, K, n)
+    rey = ey * rT.unsqueeze(2)  # (B, K, r, n)
+    count = rT.sum(-1).double()
+    s_x = (rT @ x).double()  # (B, K, D)
+    s_xx = (rT @ (x * x)).double()
+    s_xy = (rey.reshape(B, K * r, n) @ x).reshape(B, K, r, D).transpose(-1, -2).double()  # (B, K, D, r)
+    s_y = rey.sum(-1).double()  # (B, K, r)
+    s_yy = count[..., None, None] * plan.p_inv.double() + (rey @ ey.transpose(-1, -2)).double()
+    q = r + 1
+    syy = torch.zeros(B, K, q, q, dtype=torch.float64, device=x.device)
+    syy[..., :r, :r] = s_yy
+    syy[..., :r, r] = s_y
+    syy[..., r, :r] = s_y
+    syy[..., r, r] = count
+    sxy = torch.cat([s_xy, s_x.unsqueeze(-1)], -1)
+    h_y = 0.5 * r * (1.0 + LOG_2PI) - 0.5 * plan.log_det_p.double()  # entropy of q(y | k)  (B, K)
+    return count, sxy, s_xx, syy, (count * h_y).sum(-1)
+
+
+def lowrank_component_update(count: Tensor, s1: Tensor, s2: Tensor, base):
+    """The component factors from centred statistics: ``dict`` of ``mean, mean_precision, dof,
+    scale, loadings, factor_precision`` (float64). Any number ``K'`` of components."""
+    n_k = count.clamp_min(0.0)
+    sxy, sxx, syy = unpack_stats(s1, s2)
+    r = sxy.shape[-1] - 1
+    a = _sym(prior_row_precision(base, r).unsqueeze(1) + syy)  # (B, K', q, q)
+    chol = torch.linalg.cholesky(a)
+    m = torch.cholesky_solve(sxy.transpose(-1, -2), chol).transpose(-1, -2)  # A^-1 S_xy,d  (B, K', D, q)
+    psi0 = base.scale.unsqueeze(1)
+    psi = torch.maximum(psi0 + sxx - (m * sxy).sum(-1), 1e-3 * psi0)
+    a_inv = torch.cholesky_inverse(chol)
+    return {
+        "mean": m[..., r],
+        "mean_precision": 1.0 / a_inv[..., r, r],
+        "dof": base.dof[:, None] + n_k,
+        "scale": psi,
+        "loadings": m[..., :r],
+        "factor_precision": a,
+    }
+
+
+def _gamma_kl(a: Tensor, b: Tensor, a0: Tensor, b0: Tensor) -> Tensor:
+    """``KL(Gamma(a, b) || Gamma(a0, b0))`` (shape, rate)."""
+    return (
+        (a - a0) * torch.digamma(a)
+        - torch.lgamma(a)
+        + torch.lgamma(a0)
+        + a0 * (torch.log(b) - torch.log(b0))
+        + a * (b0 - b) / b
+    )
+
+
+def lowrank_kl_terms(params, base) -> Tensor:
+    """``KL(q(W_k, mu_k, lambda_k) || prior)`` per component ``(B, K)``; ``base`` centred."""
+    r, D = _rank(params), params.num_features
+    a0 = prior_row_precision(base, r).unsqueeze(1)  # (B, 1, q, q)
+    a = _sym(params.factor_precision)
+    chol = torch.linalg.cholesky(a)
+    a_inv = torch.cholesky_inverse(chol)
+    m = _row_means(params)  # (B, K, D, q)
+    lam = params.dof.unsqueeze(-1) / params.scale
+    shape, shape0 = 0.5 * params.dof.unsqueeze(-1), 0.5 * base.dof[:, None, None]
+    kl_gamma = _gamma_kl(
+        shape.expand_as(params.scale), 0.5 * params.scale, shape0, 0.5 * base.scale.unsqueeze(1)
+    )
+    a0_diag = a0.diagonal(dim1=-2, dim2=-1)  # A0 is diagonal  (B, 1, q)
+    maha = (lam * (m.pow(2) * a0_diag.unsqueeze(-2)).sum(-1)).sum(-1)  # sum_d lam_d m_d^T A0 m_d
+    trace = (a0_diag * a_inv.diagonal(dim1=-2, dim2=-1)).sum(-1)  # tr(A0 A^-1)
+    log_det = _chol_logdet(chol) - torch.log(a0_diag).sum(-1)
+    kl_normal = 0.5 * (D * trace + maha - D * (r + 1) + D * log_det)
+    return kl_gamma.sum(-1) + kl_normal
+
+
+def lowrank_elbo_terms(count: Tensor, s1: Tensor, s2: Tensor, params, base) -> Tensor:
+    """Each component's share of the ELBO ``(B, K')``: the expected log-likelihood of its points
+    and factors under ``q(z, y)`` (from the statistics), minus the KL of its globals. The factors'
+    entropy is part of the statistics' entropy. An empty component at the prior contributes zero."""
+    sxy, sxx, syy = unpack_stats(s1, s2)
+    r, D = sxy.shape[-1] - 1, sxx.shape[-1]
+    m = _row_means(params)
+    lam = params.dof.unsqueeze(-1) / params.scale
+    a_inv = torch.cholesky_inverse(torch.linalg.cholesky(_sym(params.factor_precision)))
+    quad = sxx - 2 * (m * sxy).sum(-1) + ((m @ syy) * m).sum(-1)  # (B, K, D)
+    trace = (a_inv * syy).sum((-1, -2))  # tr(A^-1 S_yy)
+    loglik = (
+        count * (0.5 * lowrank_expected_log_det_precision(params) - 0.5 * D * LOG_2PI)
+        - 0.5 * (lam * quad).sum(-1)
+        - 0.5 * D * trace
+    )
+    y_prior = -0.5 * syy[..., :r, :r].diagonal(dim1=-2, dim2=-1).sum(-1) - 0.5 * r * LOG_2PI * count
+    return loglik + y_prior - lowrank_kl_terms(params, base)
+
+
+def lowrank_covariances(params) -> Tensor:
+    """Plug-in covariances ``E[W] E[W]^T + diag(E[lambda]^-1)`` ``(B, K, D, D)``."""
+    w = params.loadings
+    return w @ w.transpose(-1, -2) + torch.diag_embed(params.scale / params.dof.unsqueeze(-1))
+
+
+def lowrank_log_predictive(params, x: Tensor) -> Tensor:
+    """Plug-in predictive log density of each component ``(B, n, K)``:
+    ``N(x | E[mu], E[W] E[W]^T + diag(E[lambda]^-1))`` by the Woodbury identity (``n K D r``
+    operations, no ``D x D`` matrix). Unlike the full and diagonal types this is not the exact
+    posterior predictive (a factor analyser integrated over ``q`` has no closed form): parameter
+    uncertainty is left out, which matters only for components with few points."""
+    p = params.map(lambda t: t.double())
+    x = x.double()
+    B, n, D = x.shape
+    K, r = p.truncation, _rank(p)
+    inv_var = p.dof.unsqueeze(-1) / p.scale  # (B, K, D)
+    iw = inv_var.unsqueeze(-1) * p.loadings  # Psi^-1 W  (B, K, D, r)
+    eye = torch.eye(r, dtype=torch.float64, device=x.device)
+    chol = torch.linalg.cholesky(eye + p.loadings.transpose(-1, -2) @ iw)  # (B, K, r, r)
+    log_det = -torch.log(inv_var).sum(-1) + _chol_logdet(chol)
+    quad = (x * x) @ inv_var.transpose(1, 2) - 2 * x @ (inv_var * p.mean).transpose(1, 2)
+    quad = quad + (inv_var * p.mean.pow(2)).sum(-1).unsqueeze(1)  # (x - mu)^T Psi^-1 (x - mu)
+    v = (x @ iw.permute(0, 2, 1, 3).reshape(B, D, K * r)).reshape(B, n, K, r).permute(0, 2, 3, 1)
+    v = v - (iw * p.mean.unsqueeze(-1)).sum(-2).unsqueeze(-1)  # W^T Psi^-1 (x - mu)  (B, K, r, n)
+    s = torch.linalg.solve_triangular(chol, v, upper=False)
+    quad = quad - s.pow(2).sum(2).transpose(1, 2)
+    return -0.5 * (D * LOG_2PI + log_det.unsqueeze(1) + quad)
+
+
+def initial_lowrank_stats(x: Tensor, count: Tensor, s1: Tensor, rank: int, scale: float) -> tuple:
+    """Statistics of a hard clustering of the centred subsample ``x (B, n, D)`` for low-rank
+    components, ``(count, s1, s2, entropy)`` scaled by ``scale`` (points represented per subsample
+    point). The clusters are those whose sums ``count (B, K)``, ``s1 (B, K, D)`` k-means gave; each
+    point goes to the nearest cluster mean, and its factors are its scores on the cluster's ``rank``
+    leading principal directions, scaled to unit variance (so the first M-step starts the loadings
+    at the cluster's principal axes; zero factors would be a fixed point of the updates)."""
+    B, n, D = x.shape
+    K, q = count.shape[1], rank + 1
+    means = s1 / count.clamp_min(1e-12).unsqueeze(-1)
+    dist = torch.cdist(x, means).masked_fill(~(count > 0).unsqueeze(1), torch.inf)  # (B, n, K)
+    labels = dist.argmin(-1)
+    sxy = x.new_zeros(B, K, D, q)
+    sxx = x.new_zeros(B, K, D)
+    syy = x.new_zeros(B, K, q, q)
+    counts = x.new_zeros(B, K)
+    for b in range(B):
+        for k in labels[b].unique().tolist():
+            xk = x[b, labels[b] == k]  # (n_k, D)
+            n_k = xk.shape[0]
+            y = xk.new_zeros(n_k, rank)
+            if n_k > 1:
+                u, _, _ = torch.linalg.svd(xk - xk.mean(0), full_matrices=False)
+                m = min(rank, u.shape[1])
+                y[:, :m] = u[:, :m] * math.sqrt(n_k)  # unit-variance scores
+            yt = torch.cat([y, y.new_ones(n_k, 1)], -1)  # (n_k, q)
+            counts[b, k] = n_k
+            sxy[b, k] = xk.T @ yt
+            sxx[b, k] = xk.pow(2).sum(0)
+            syy[b, k] = yt.T @ yt
+    s1_, s2_ = pack_stats(sxy, sxx, syy)
+    return counts * scale, s1_ * scale, s2_ * scale, x.new_zeros(B)
+
+
+def lowrank_draws(params, S: tuple) -> tuple[Tensor, Tensor, Tensor]:
+    """Draws from ``q``: noise precisions ``(S, B, K, D)``, means ``(S, B, K, D)`` and loadings
+    ``(S, B, K, D, r)``: ``lambda_kd ~ Gamma``, then ``w_kd | lambda_kd ~ N(m_kd, (lambda_kd A_k)^-1)``."""
+    p = params
+    shape = (0.5 * p.dof).unsqueeze(-1).expand_as(p.scale)
+    prec = torch.distributions.Gamma(shape, 0.5 * p.scale).sample(S)  # (S, B, K, D)
+    chol = torch.linalg.cholesky(_sym(p.factor_precision))  # A = L L^T  (B, K, q, q)
+    eps = torch.randn(S + _row_means(p).shape, dtype=p.mean.dtype, device=p.mean.device).unsqueeze(-1)
+    # w = m + L^-T eps / sqrt(lambda) has covariance (lambda A)^-1
+    noise = torch.linalg.solve_triangular(chol.transpose(-1, -2).unsqueeze(-3), eps, upper=True).squeeze(-1)
+    w = _row_means(p) + noise / prec.sqrt().unsqueeze(-1)
+    return prec, w[..., -1], w[..., :-1]
