@@ -3,6 +3,11 @@
 Each of the ``B`` fits gets its own seeding (restarts differ), the clusters are sorted by size
 (largest first, which suits stick-breaking priors), and hard assignments of the subsample, scaled
 to the full data size, give the statistics of the first M-step.
+
+k-means (seeding and Lloyd) costs ``n * D`` per centre and iteration, so on wide data it runs on a
+random part of the subsample holding about :data:`KMEANS_ELEMENTS` values (at least
+:data:`KMEANS_POINTS_PER_CENTRE` points per centre); every point of the subsample is then assigned
+to the nearest final centre, so the first statistics still use all of them.
 """
 
 from __future__ import annotations
@@ -13,14 +18,26 @@ from torch import Tensor
 from ..models.quadratic import choose_form, weighted_scatter
 from .updates import Stats
 
-__all__ = ["kmeans_plusplus", "lloyd", "initial_stats"]
+__all__ = [
+    "KMEANS_ELEMENTS",
+    "KMEANS_POINTS_PER_CENTRE",
+    "kmeans_plusplus",
+    "lloyd",
+    "kmeans_labels",
+    "initial_stats",
+]
+
+KMEANS_ELEMENTS = 2**22  # values (points x features) k-means runs on: 8192 points at D = 512
+KMEANS_POINTS_PER_CENTRE = 100  # but never fewer points than this per centre (or all of them)
 
 
 def _sq_dist(x: Tensor, centres: Tensor, x_sq: Tensor | None = None) -> Tensor:
     """Squared distances ``(B, n, C)`` between ``x (B, n, D)`` and ``centres (B, C, D)``; ``x_sq``
     is ``|x|^2`` ``(B, n, 1)`` when the caller already has it (it is the same for every centre)."""
     x_sq = x.pow(2).sum(-1, keepdim=True) if x_sq is None else x_sq
-    return (x_sq - 2 * x @ centres.transpose(1, 2) + centres.pow(2).sum(-1).unsqueeze(1)).clamp_min(0.0)
+    # x @ (2 c): doubling the (B, C, D) centres, not the (B, n, D) points (bitwise the same: 2 is exact)
+    cross = x @ (2 * centres).transpose(1, 2)  # (B, n, C)
+    return (x_sq - cross + centres.pow(2).sum(-1).unsqueeze(1)).clamp_min(0.0)
 
 
 def kmeans_plusplus(x: Tensor, n_clusters: int, generator: torch.Generator) -> Tensor:
@@ -57,6 +74,20 @@ def lloyd(x: Tensor, centres: Tensor, n_iter: int = 10) -> tuple[Tensor, Tensor]
     return centres, labels
 
 
+def kmeans_labels(x: Tensor, n_clusters: int, generator: torch.Generator, n_iter: int = 10) -> Tensor:
+    """k-means++ and ``n_iter`` Lloyd iterations on ``x (B, n, D)``; returns the labels ``(B, n)``.
+
+    Where ``n * D`` exceeds :data:`KMEANS_ELEMENTS`, the centres come from a random subset of the
+    points (the same rows for every fit; at least :data:`KMEANS_POINTS_PER_CENTRE` per centre) and
+    every point is then labelled by its nearest centre."""
+    B, n, D = x.shape
+    m = min(n, max(KMEANS_ELEMENTS // D, KMEANS_POINTS_PER_CENTRE * n_clusters))
+    # the rows of x may come in data order (sorted indices): a random subset, not the first m
+    part = x if m == n else x[:, torch.randperm(n, generator=generator)[:m].sort().values.to(x.device)]
+    centres, labels = lloyd(part, kmeans_plusplus(part, n_clusters, generator), n_iter)
+    return labels if m == n else _sq_dist(x, centres).argmin(-1)
+
+
 def initial_stats(
     x: Tensor,
     truncation: int,
@@ -74,8 +105,7 @@ def initial_stats(
     B, n, D = x.shape
     C = min(n_clusters or truncation, truncation, n)
     x32 = x.float()  # seeding and Lloyd in float32; the statistics below in float64
-    centres = kmeans_plusplus(x32, C, generator)
-    _, labels = lloyd(x32, centres, lloyd_iter)
+    labels = kmeans_labels(x32, C, generator, lloyd_iter)  # (B, n)
     counts = torch.nn.functional.one_hot(labels, truncation).sum(1)  # (B, K)
     rank = torch.empty_like(counts)
     rank.scatter_(
