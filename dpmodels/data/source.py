@@ -136,9 +136,9 @@ class PointSource:
         s1 = torch.zeros(B, D, dtype=torch.float64)
         s2 = torch.zeros((B, D, D) if covariance == "full" else (B, D), dtype=torch.float64)
         for _, x in self.chunks(chunk_size or chunk_rows(B, D)):
-            c = x.double().cpu() - pivot
+            c = x.cpu() - pivot  # float64 (pivot's dtype): one temporary per chunk, not two
             s1 += c.sum(1)
-            s2 += c.transpose(1, 2) @ c if covariance == "full" else (c * c).sum(1)
+            s2 += c.transpose(1, 2) @ c if covariance == "full" else c.square_().sum(1)
         if group is not None:
             total = torch.tensor([float(N)], dtype=torch.float64)
             s1, s2, total = group.all_reduce(s1, s2, total)

@@ -44,10 +44,11 @@ def degenerate_report(
     s1 = torch.zeros(B, D, dtype=torch.float64)
     s2 = torch.zeros(B, D, D, dtype=torch.float64)
     for start in range(0, N, chunk_size):
-        x = data[:, start : start + chunk_size].double().cpu()  # (B, n, D)
-        lo, hi = torch.minimum(lo, x.amin(1)), torch.maximum(hi, x.amax(1))
+        x = data[:, start : start + chunk_size].cpu()  # (B, n, D) in the data's dtype
+        x_lo, x_hi = torch.aminmax(x, dim=1)  # one pass; exact in any float dtype
+        lo, hi = torch.minimum(lo, x_lo.double()), torch.maximum(hi, x_hi.double())
         if covariance == "full":
-            c = x - pivot
+            c = x - pivot  # float64 (pivot's dtype)
             s1 += c.sum(1)
             s2 += c.transpose(1, 2) @ c  # (B, D, D)
     if group is not None:
