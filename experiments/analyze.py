@@ -56,6 +56,7 @@ def run(cfg: DictConfig, group=None) -> dict | None:
     if not go:
         return None
     fit_kwargs = dpgmm_kwargs(cfg.prior, cfg.infer)
+    check_rank(cfg.infer, cfg.layers)
     DPGMM(**fit_kwargs, device=cfg.device).validate()  # the prior/inference settings, before any work
     if cfg.model.coupling != 0:
         SpatialDPGMM(
@@ -103,6 +104,27 @@ def run(cfg: DictConfig, group=None) -> dict | None:
     mark_done(out_dir, cfg, {"layers": list(metrics["layers"])})
     log.info("results in %s (summary.md, metrics.json, figures/)", out_dir)
     return metrics
+
+
+def check_rank(infer: DictConfig, layers: DictConfig) -> None:
+    """``infer.rank`` of ``infer.covariance=lowrank`` against what the config says of the layers'
+    width, before any work: ``1 <= rank < D``, and ``layers.pca_dim`` bounds ``D``. (A layer with
+    fewer channels than ``pca_dim`` is checked once extracted, before the first fit.)"""
+    rank, pca_dim = infer.rank, layers.pca_dim
+    if infer.covariance != "lowrank" or rank is None:  # rank=null: min(16, D - 1) per layer
+        return
+    if rank < 1:
+        raise ValueError(
+            f"infer.rank={rank} but infer.covariance=lowrank needs at least one factor per component "
+            "(1 <= infer.rank < D); try infer.rank=null for min(16, D - 1) per layer."
+        )
+    if pca_dim is not None and rank >= pca_dim:
+        raise ValueError(
+            f"infer.rank={rank} but layers.pca_dim={pca_dim} leaves every layer at most D={pca_dim} "
+            "features, and infer.covariance=lowrank needs 1 <= infer.rank < D; use "
+            f"infer.rank<={pca_dim - 1}, infer.rank=null (min(16, D - 1) per layer) or a larger "
+            "layers.pca_dim."
+        )
 
 
 def _analyze(cfg: DictConfig, images, model, out_dir: Path, net_info: dict, group=None) -> dict | None:

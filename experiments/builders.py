@@ -56,6 +56,7 @@ def dpgmm_kwargs(prior: DictConfig, infer: DictConfig) -> dict:
         "learn_concentration": prior.learn_concentration,
         "prior_settings": OmegaConf.to_container(prior.settings),
         "covariance": infer.covariance,
+        "rank": infer.rank,
         "engine": infer.engine,
         "batch_size": infer.batch_size,
         "max_iter": infer.max_iter,

@@ -175,7 +175,8 @@ class InferConf:
     """How the mixtures are fitted (``dpmodels.DPGMM``)."""
 
     engine: str = "natural"  # natural | pyro
-    covariance: str = "full"  # full | diag
+    covariance: str = "full"  # full | diag | lowrank (factor analysers: rank loadings + diagonal noise)
+    rank: int | None = None  # lowrank: factors per component, 1 <= rank < D; null = min(16, D - 1)
     batch_size: int | None = None  # minibatch size; null = full batch
     max_iter: int | None = None  # null = the engine's default
     tol: float | None = None  # ELBO tolerance per point; null = default

@@ -159,6 +159,7 @@ def fit_layers(
     for name, a in acts.items():
         key = (len(splits[name][0]), a.num_features)
         groups.setdefault(key if batch_equal_shapes and coupling == 0 else (*key, name), []).append(name)
+    _check_rank(acts, dpgmm_kwargs)
     _check_memory(acts, groups, maps_draws, dpgmm_kwargs)
     fits: dict[str, LayerFit] = {}
     ckpt_paths: list[Path] = []
@@ -232,6 +233,21 @@ def _heldout_loglik(model: DPGMM, acts: LayerActivations, shard: Shard, held_idx
         (total_t,) = shard.sum(torch.tensor([total], dtype=torch.float64))
         total = float(total_t.item())
     return total / len(held_idx) if len(held_idx) else float("nan")
+
+
+def _check_rank(acts, dpgmm_kwargs) -> None:
+    """Refuse before the first fit a low-rank ``rank`` that some layer is too narrow for."""
+    rank = dpgmm_kwargs.get("rank")
+    if dpgmm_kwargs.get("covariance") != "lowrank" or rank is None:
+        return  # rank=None: min(16, D - 1) per layer
+    narrow = {name: a.num_features for name, a in acts.items() if not 1 <= rank < a.num_features}
+    if narrow:
+        raise ValueError(
+            f"covariance='lowrank' needs 1 <= rank < D for every layer, got rank={rank!r} but "
+            f"{len(narrow)} layer(s) have D <= rank features: {narrow}; lower rank (the main job's "
+            "infer.rank), pass rank=None for min(16, D - 1) per layer, or keep more dimensions "
+            "(pca_dim, the main job's layers.pca_dim)."
+        )
 
 
 def _check_memory(acts, groups, maps_draws, dpgmm_kwargs) -> None:

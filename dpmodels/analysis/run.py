@@ -49,6 +49,8 @@ def _layer_metrics(fit: LayerFit, maps: LayerMaps, evaluation: dict | None, k_dr
         "coupling": float(getattr(m, "coupling", 0.0)),
         "coupled_seconds": float(m.fit_result_.info.get("coupled_seconds", 0.0)),
         "num_features": int(m.n_features_in_),
+        "covariance": m.covariance,
+        "rank": fitted_rank(m),  # factors per component (covariance="lowrank"), else null
         "converged": bool(m.converged_),
         "mean_entropy": float(np.nanmean(maps.entropy.numpy())),
         "mean_epistemic": float(np.nanmean(maps.epistemic.numpy())),
@@ -289,6 +291,14 @@ class _LayerResults:
 IDATA_BYTES = 2**30  # memory for one layer's InferenceData draws
 
 
+def fitted_rank(model) -> int | None:
+    """The factors per component of a fitted low-rank ``model`` (``rank=None`` resolved to
+    ``min(16, D - 1)``); ``None`` for the other covariance types."""
+    if model.covariance != "lowrank":
+        return None
+    return int(model.posterior_.params.loadings.shape[-1])
+
+
 def posterior_draws(model, num_draws: int, scored_points: int, max_bytes: int = IDATA_BYTES) -> int:
     """The most draws (at most ``num_draws``, at least 4) of ``model``'s posterior whose InferenceData
     fits in ``max_bytes``: wide full-covariance layers (e.g. raw channels, D = 320: 3 GiB for 64 draws)
@@ -296,7 +306,7 @@ def posterior_draws(model, num_draws: int, scored_points: int, max_bytes: int = 
     from ..diagnostics.inference_data import estimate_bytes
 
     K, D, cov = model.truncation, model.n_features_in_, model.covariance
-    per_draw = estimate_bytes(1, 1, K, D, scored_points, cov, False)
+    per_draw = estimate_bytes(1, 1, K, D, scored_points, cov, False, fitted_rank(model) or 0)
     return int(max(4, min(num_draws, max_bytes // max(per_draw, 1))))
 
 

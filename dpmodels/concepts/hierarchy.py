@@ -10,8 +10,10 @@ merge criteria, both read from the posterior:
   ``a`` and ``b`` is ``sum_n h(t_na + t_nb) - h(t_na) - h(t_nb) >= 0``.
 * ``"bhattacharyya"``: merge the pair of concepts with the largest overlap of their posterior
   components: the Bhattacharyya coefficient ``BC_ij = exp(-D_B)`` between the Gaussians of the
-  posterior mean parameters (``E[mu]``, ``E[Lambda]^-1``), averaged over the members of two concepts
-  with their weights (``sum w_i w_j BC_ij / (W_A W_B)``, updated by the Lance-Williams rule).
+  posterior mean parameters (``E[mu]``, ``E[Lambda]^-1``; low-rank components: the plug-in
+  ``E[W] E[W]^T + diag(E[lambda]^-1)`` of ``MixturePosterior.covariances``), averaged over the
+  members of two concepts with their weights (``sum w_i w_j BC_ij / (W_A W_B)``, updated by the
+  Lance-Williams rule).
 
 Both record the entropy curve ``ENT(k)`` (nats per point, ``k = 1..K̂`` concepts) along their merges,
 from which :mod:`dpmodels.concepts.selection` picks the number of concepts. Linkage heights:

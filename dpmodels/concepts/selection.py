@@ -5,7 +5,7 @@ a lot; once only well separated concepts are left, further merges lower it littl
 Baudry et al. (2010), the number of concepts is the changepoint of ``ENT`` as a function of ``k``:
 the ``c`` whose two-segment piecewise-linear least-squares fit (``k = 1..c`` and ``k = c..K̂``) has
 the smallest residual sum of squares. Its uncertainty: for each of ``S`` posterior draws
-``theta_s ~ q``, the responsibilities ``p(z | x, theta_s) ∝ w_k N(x; mu_k, Lambda_k^-1)`` of a
+``theta_s ~ q``, the responsibilities ``p(z | x, theta_s) ∝ w_k N(x; mu_k, Sigma_k)`` of a
 seeded subsample are merged along the same tree, giving a curve and an elbow per draw; the
 interval is the central 90 % of those elbows.
 """
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..maps.lowrank import woodbury_factors
 from ..posterior import MixturePosterior
 from .hierarchy import CRITERIA, ConceptHierarchy, _xlogx, build_hierarchy
 
@@ -74,6 +75,10 @@ def draw_responsibilities(
             tril = d["precision_trils"][s, 0, comps].double()  # Lambda = T T^T  (K̂, D, D)
             maha = ((diff @ tril) ** 2).sum(-1)  # (K̂, N)
             log_det = 2.0 * torch.log(torch.diagonal(tril, dim1=-2, dim2=-1)).sum(-1)
+        elif posterior.covariance_type == "lowrank":  # W W^T + diag(noise), by the Woodbury identity
+            noise_prec = d["precisions"][s, 0, comps].double()  # (K̂, D)
+            a, log_det = woodbury_factors(noise_prec, d["loadings"][s, 0, comps].double())  # (K̂, r, D)
+            maha = (diff**2 * noise_prec.unsqueeze(1)).sum(-1) - ((diff @ a.transpose(-1, -2)) ** 2).sum(-1)
         else:
             prec = d["precisions"][s, 0, comps].double()  # (K̂, D)
             maha = (diff**2 * prec.unsqueeze(1)).sum(-1)

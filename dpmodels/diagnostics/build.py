@@ -6,7 +6,10 @@ chains; this module adds the label-invariant quantities, the pointwise log-likel
 assignment summed out, and the groups, dims, coordinates and attributes documented below.
 
 Groups: ``posterior`` (``weights``, ``means``, ``covariances`` or ``variances``, optional
-``concentration``, ``n_active``, ``sorted_weights``, ``weight_entropy``), ``log_likelihood``
+``concentration``, ``n_active``, ``sorted_weights``, ``weight_entropy``; low-rank components:
+``loadings`` ``(component, feature, factor)``, ``noise_variances`` and ``variances``, the
+marginal per-feature variances ``diag(W W^T) + noise``, which unlike the loadings do not depend
+on the factors' arbitrary rotation), ``log_likelihood``
 (``x``: ``(chain, draw, point)``), ``observed_data`` (``x``: ``(point, feature)``), optional
 ``posterior_predictive`` and ``sample_stats``, and ``elbo`` (``(chain, iteration)``) for
 variational fits. Every group carries the same attributes, including ``dpmodels_format``.
@@ -33,6 +36,8 @@ DIMS = {
     "means": ["component", "feature"],
     "covariances": ["component", "feature", "feature_bis"],
     "variances": ["component", "feature"],
+    "noise_variances": ["component", "feature"],
+    "loadings": ["component", "feature", "factor"],
     "sorted_weights": ["rank"],
 }
 
@@ -81,7 +86,8 @@ def build_inference_data(
     """The ``InferenceData`` of aligned mixture draws.
 
     ``draws``: ``weights (C, S, K)``, ``means (C, S, K, D)``, ``precisions`` and ``covariances``
-    ``(C, S, K, D, D)`` (full) or ``(C, S, K, D)`` (diag), optionally ``concentration (C, S)``.
+    ``(C, S, K, D, D)`` (full) or ``(C, S, K, D)`` (diag; low rank: the noise's, with ``loadings
+    (C, S, K, D, r)``), optionally ``concentration (C, S)``.
     ``observed (n, D)`` are the points scored in ``log_likelihood`` (original row numbers in
     ``point_index``); ``elbo (C, T)`` is the per-chain ELBO history (NaN-padded).
     """
@@ -89,7 +95,15 @@ def build_inference_data(
     C, S, K = weights.shape
     D = draws["means"].shape[-1]
     posterior = {"weights": weights, "means": draws["means"]}
-    posterior["covariances" if covariance == "full" else "variances"] = draws["covariances"]
+    loadings = draws.get("loadings") if covariance == "lowrank" else None
+    if covariance == "lowrank":
+        if loadings is None:
+            raise ValueError("covariance='lowrank' needs draws['loadings'] (C, S, K, D, r).")
+        posterior["loadings"] = loadings
+        posterior["noise_variances"] = draws["covariances"]
+        posterior["variances"] = draws["covariances"] + (loadings**2).sum(-1)  # diag(W W^T) + noise
+    else:
+        posterior["covariances" if covariance == "full" else "variances"] = draws["covariances"]
     if "concentration" in draws:
         posterior["concentration"] = draws["concentration"]
     posterior.update(invariant_quantities(weights, active_threshold))
@@ -99,20 +113,26 @@ def build_inference_data(
         "feature": np.arange(D),
         "feature_bis": np.arange(D),
     }
+    if loadings is not None:
+        coords["factor"] = np.arange(loadings.shape[-1])
     groups: dict = {"posterior": posterior}
     dims = {k: v for k, v in DIMS.items() if k != "x"}
     if observed is not None:
         n = observed.shape[0]
         log_w = np.log(np.clip(weights, np.finfo(np.float64).tiny, None))
         groups["log_likelihood"] = {
-            "x": mixture_log_likelihood(observed, log_w, draws["means"], draws["precisions"], covariance)
+            "x": mixture_log_likelihood(
+                observed, log_w, draws["means"], draws["precisions"], covariance, loadings=loadings
+            )
         }
         groups["observed_data"] = {"x": observed}
         coords["point"] = np.arange(n) if point_index is None else point_index
         if posterior_predictive:
             rng = rng if rng is not None else np.random.default_rng(0)
             groups["posterior_predictive"] = {
-                "x": sample_predictive(n, weights, draws["means"], draws["covariances"], covariance, rng)
+                "x": sample_predictive(
+                    n, weights, draws["means"], draws["covariances"], covariance, rng, loadings=loadings
+                )
             }
     if sample_stats:
         groups["sample_stats"] = sample_stats

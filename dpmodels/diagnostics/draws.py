@@ -21,6 +21,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from ..maps.lowrank import lowrank_log_density
+
 __all__ = [
     "mixture_log_likelihood",
     "match_components",
@@ -28,6 +30,7 @@ __all__ = [
     "invariant_quantities",
     "sample_predictive",
     "single_threaded",
+    "refuse_lowrank",
 ]
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -46,14 +49,32 @@ def single_threaded() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _component_log_density(x: Tensor, means: Tensor, precisions: Tensor, covariance: str) -> Tensor:
+def refuse_lowrank(covariance: str, what: str, why: str) -> None:
+    """One clear ``ValueError`` where a tool covers only the full and diagonal components."""
+    if covariance == "lowrank":
+        raise ValueError(
+            f"{what} supports covariance='full' and 'diag' only, got covariance='lowrank': {why}. "
+            "For a low-rank fit use dpmodels.diagnostics.to_inference_data(fit, X) (its variational "
+            "draws: summarize, loo, compare), or refit with covariance='full' or 'diag'."
+        )
+
+
+def _component_log_density(
+    x: Tensor, means: Tensor, precisions: Tensor, covariance: str, loadings: Tensor | None = None
+) -> Tensor:
     """``log N(x_n | mu_k, Lambda_k^-1)`` ``(M, N, K)`` for ``x (N, D)`` (or one data set per draw,
     ``(M, N, D)``), ``means (M, K, D)`` and ``precisions (M, K, D, D)`` (full) or ``(M, K, D)``.
+    Low rank: ``precisions (M, K, D)`` are the noise's and ``loadings (M, K, D, r)`` give
+    ``Lambda_k^-1 = W W^T + diag(1 / precisions)`` (Woodbury identity, :mod:`dpmodels.maps.lowrank`).
 
     Full covariance: with ``Lambda = L L^T``, ``L^T (x - mu) = L^T x - L^T mu``; for a shared ``x`` the
     first term is one matrix product ``(N, D) @ (D, M K D)``, so no ``(M, N, K, D, D)`` broadcast is
     ever formed (temporaries stay ``(N, M, K, D)``; callers pass a few draws at a time)."""
     D = x.shape[-1]
+    if covariance == "lowrank":
+        if loadings is None:
+            raise ValueError("covariance='lowrank' needs the draws' loadings (M, K, D, r).")
+        return lowrank_log_density(x, means, precisions, loadings)
     if covariance == "full":
         chol = torch.linalg.cholesky(precisions)  # (M, K, D, D), Lambda = L L^T
         log_det = 2.0 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)  # (M, K)
@@ -79,12 +100,14 @@ def mixture_log_likelihood(
     precisions: np.ndarray | Tensor,
     covariance: str,
     chunk: int = 8,
+    loadings: np.ndarray | Tensor | None = None,
 ) -> np.ndarray:
     """Pointwise ``log p(x_n | theta) = log sum_k w_k N(x_n | mu_k, Lambda_k^-1)`` in nats.
 
     ``x (N, D)``; ``log_weights (..., K)``, ``means (..., K, D)``, ``precisions (..., K, D, D)``
-    (full) or ``(..., K, D)`` (diag) with any leading draw shape (e.g. ``(C, S)``). Returns
-    ``(..., N)`` float64, computed ``chunk`` draws at a time to bound memory.
+    (full) or ``(..., K, D)`` (diag; low rank: the noise's, with ``loadings (..., K, D, r)``) with
+    any leading draw shape (e.g. ``(C, S)``). Returns ``(..., N)`` float64, computed ``chunk``
+    draws at a time to bound memory.
     """
     f64 = torch.float64
     x = torch.as_tensor(np.asarray(x), dtype=f64)
@@ -95,10 +118,18 @@ def mixture_log_likelihood(
     K, D = log_w.shape[-1], x.shape[-1]
     log_w, mu = log_w.reshape(-1, K), mu.reshape(-1, K, D)
     prec = prec.reshape((-1, K, D, D) if covariance == "full" else (-1, K, D))
+    w = None
+    if covariance == "lowrank":
+        if loadings is None:
+            raise ValueError("covariance='lowrank' needs the draws' loadings (..., K, D, r).")
+        w = torch.as_tensor(np.asarray(loadings), dtype=f64)
+        w = w.reshape(-1, K, D, w.shape[-1])  # (M, K, D, r)
     out = []
     with single_threaded():
         for i in range(0, log_w.shape[0], chunk):
-            comp = _component_log_density(x, mu[i : i + chunk], prec[i : i + chunk], covariance)  # (m, N, K)
+            sl = slice(i, i + chunk)
+            w_sl = None if w is None else w[sl]
+            comp = _component_log_density(x, mu[sl], prec[sl], covariance, w_sl)  # (m, N, K)
             out.append(torch.logsumexp(log_w[i : i + chunk, None] + comp, dim=-1))  # (m, N)
     return torch.cat(out).reshape(lead + (x.shape[0],)).numpy()
 
@@ -153,9 +184,11 @@ def sample_predictive(
     covariances: np.ndarray,
     covariance: str,
     rng: np.random.Generator,
+    loadings: np.ndarray | None = None,
 ) -> np.ndarray:
     """``num_points`` new points from each sampled mixture: ``(..., n, D)`` for ``weights (..., K)``,
-    ``means (..., K, D)``, ``covariances (..., K, D, D)`` (full) or variances ``(..., K, D)``."""
+    ``means (..., K, D)``, ``covariances (..., K, D, D)`` (full) or variances ``(..., K, D)`` (diag;
+    low rank: the noise's, plus ``loadings (..., K, D, r)``: ``x = mu + W y + noise``, ``y ~ N(0, I)``)."""
     lead, K, D = weights.shape[:-1], weights.shape[-1], means.shape[-1]
     w = weights.reshape(-1, K)
     mu = means.reshape(-1, K, D)
@@ -171,4 +204,10 @@ def sample_predictive(
         noise = np.einsum("mnij,mnj->mni", chol[rows, z], eps)  # (M, n, D)
     else:
         noise = eps * np.sqrt(cov[rows, z])
+    if covariance == "lowrank":
+        if loadings is None:
+            raise ValueError("covariance='lowrank' needs the draws' loadings (..., K, D, r).")
+        w = loadings.reshape(M, K, D, loadings.shape[-1])[rows, z]  # (M, n, D, r)
+        factors = rng.standard_normal((M, num_points, w.shape[-1]))  # y  (M, n, r)
+        noise = noise + np.einsum("mndr,mnr->mnd", w, factors)
     return (mu[rows, z] + noise).reshape(lead + (num_points, D))

@@ -14,6 +14,8 @@ posterior. One sweep, for ``C`` chains at once in float64:
 
 Draws are relabelled per draw to a pivot (Hungarian matching), so component-wise summaries and
 R-hat are meaningful; the label-invariant quantities need no relabelling.
+Low-rank components (``covariance="lowrank"``, factor analysers) have no sampler here: refused
+with a ``ValueError`` that points to the variational draws.
 """
 
 from __future__ import annotations
@@ -29,9 +31,21 @@ from ..models.base_measure import BaseMeasure, empirical_base_measure
 from ..priors import WeightPrior, make_prior
 from ._arviz import az
 from .build import build_inference_data
-from .draws import _component_log_density, match_components, permute_components, single_threaded
+from .draws import (
+    _component_log_density,
+    match_components,
+    permute_components,
+    refuse_lowrank,
+    single_threaded,
+)
 
 __all__ = ["gibbs_sample", "gibbs_like", "GibbsKernel"]
+
+# why low-rank components have no Gibbs reference here
+_WHY = (
+    "a mixture of factor analysers needs the factors as further latent variables and a conditional "
+    "for the loadings, which this conjugate Normal-Wishart/Normal-Gamma sampler does not have"
+)
 
 
 class GibbsKernel:
@@ -39,6 +53,7 @@ class GibbsKernel:
     set per chain, as in simulation-based calibration); state tensors are ``(C, ...)``."""
 
     def __init__(self, x: Tensor, prior: WeightPrior, base: BaseMeasure, truncation: int):
+        refuse_lowrank(base.covariance, "the Gibbs sampler", _WHY)
         prior.require_closed_form(
             "the Gibbs sampler updates a learned concentration",
             "fix the concentration (learn_concentration=False) for this prior.",
@@ -165,6 +180,7 @@ def gibbs_sample(
     there: compare chains with R-hat (``summarize``). Seeded and
     deterministic on CPU; the caller's global torch RNG is left untouched.
     """
+    refuse_lowrank(covariance if base is None else base.covariance, "gibbs_sample", _WHY)
     x = as_points(X, dtype=torch.float64)
     for value, name in ((num_chains, "num_chains"), (num_samples, "num_samples"), (thin, "thin")):
         check_positive_int(value, name, "pass a positive integer")
@@ -255,6 +271,7 @@ def gibbs_like(fit: DPGMM, X, **kwargs) -> az.InferenceData:
 
         raise NotFittedError("this DPGMM is not fitted yet; call fit(X) before gibbs_like.")
     spec = fit.posterior_.spec
+    refuse_lowrank(spec.base.covariance, "gibbs_like", _WHY)
     kwargs.setdefault("init_components", max(1, fit.n_active_))
     return gibbs_sample(
         X,

@@ -58,7 +58,7 @@ def _float64(post: MixturePosterior) -> MixturePosterior:
 def chain_settings(post: MixturePosterior) -> dict:
     """The model settings of a posterior that chains must share, plus its data shape."""
     prior = post.spec.prior
-    return {
+    out = {
         "prior": prior.kind,
         **prior.settings(),  # concentration, discount, learn_concentration, ... and the prior's own
         "truncation": int(post.truncation),
@@ -67,6 +67,10 @@ def chain_settings(post: MixturePosterior) -> dict:
         "num_features": int(post.params.num_features),
         "active_threshold": float(post.active_threshold),
     }
+    if post.covariance_type == "lowrank":  # the factors per component and their loadings' prior
+        out["rank"] = int(post.params.loadings.shape[-1])
+        out["loading_precision"] = float(post.spec.base.loading_precision)
+    return out
 
 
 def _check_same(posts: list[MixturePosterior], settings: list[dict]) -> None:
@@ -88,10 +92,19 @@ def _check_same(posts: list[MixturePosterior], settings: list[dict]) -> None:
             )
 
 
-def estimate_bytes(C: int, S: int, K: int, D: int, n: int, covariance: str, predictive: bool) -> int:
-    """Bytes (float64) of the draws, log-likelihood and predictive draws of ``C x S`` draws."""
-    cov = K * D * D if covariance == "full" else K * D
-    per_draw = 3 * K + K * D + 2 * cov + 4 + n + (n * D if predictive else 0)
+def estimate_bytes(
+    C: int, S: int, K: int, D: int, n: int, covariance: str, predictive: bool, rank: int = 0
+) -> int:
+    """Bytes (float64) of the draws, log-likelihood and predictive draws of ``C x S`` draws.
+    ``rank``: the factors of ``"lowrank"`` components (their draws hold noise precisions and
+    variances, loadings ``(K, D, r)`` and the marginal variances the InferenceData adds)."""
+    if covariance == "lowrank":
+        if rank < 1:
+            raise ValueError(f"covariance='lowrank' needs its rank (>= 1) to size the draws, got {rank!r}.")
+        comp = K * D * (3 + rank)  # noise precisions and variances, marginal variances, loadings
+    else:
+        comp = 2 * (K * D * D if covariance == "full" else K * D)  # precisions and covariances
+    per_draw = 3 * K + K * D + comp + 4 + n + (n * D if predictive else 0)
     return 8 * C * S * per_draw
 
 
@@ -137,7 +150,10 @@ def to_inference_data(
     (attribute ``log_likelihood_data``), at most ``max_points`` rows drawn with ``seed``. Chain
     ``c`` draws ``num_draws`` times with seed ``seed + c``. ``n_active`` counts components whose
     drawn weight exceeds the fit's ``active_threshold``. Raises ``ValueError`` when the draws
-    would need more than ``max_bytes``.
+    would need more than ``max_bytes``. Low-rank fits (``covariance="lowrank"``) give ``loadings``
+    ``(component, feature, factor)``, ``noise_variances`` and the marginal ``variances``; their
+    loadings are identified only up to a rotation of the factors, so compare chains on the
+    ``variances`` (or ``means``, ``weights``), not on the loadings.
     """
     chains = list(fits) if isinstance(fits, (list, tuple)) else [fits]
     if not chains:
@@ -151,7 +167,7 @@ def to_inference_data(
     C, K, D, cov = len(posts), s0["truncation"], s0["num_features"], s0["covariance"]
     n_score = 0 if X is None and heldout is None else len(heldout if heldout is not None else X)
     n_score = min(n_score, max_points) if max_points is not None else n_score
-    need = estimate_bytes(C, num_draws, K, D, n_score, cov, posterior_predictive)
+    need = estimate_bytes(C, num_draws, K, D, n_score, cov, posterior_predictive, s0.get("rank", 0))
     if need > max_bytes:
         raise ValueError(
             f"the requested draws need about {need / 2**20:.1f} MiB but max_bytes is {max_bytes / 2**20:.1f} "
@@ -177,7 +193,9 @@ def to_inference_data(
             posts[c].weights[0].double().cpu().numpy(),
             scale,
         )
-        for k in ("weights", "means", "precisions", "covariances"):
+        for k in ("weights", "means", "precisions", "covariances", "loadings"):
+            if k not in draws:
+                continue
             draws[k][c] = permute_components(draws[k][c], np.broadcast_to(perm, draws[k][c].shape[:2]), 1)
     draws.pop("log_weights")
     elbo = None

@@ -25,7 +25,7 @@ from ..models.dpgmm import ModelSpec, dpgmm_model
 from ..models.guide import dpgmm_guide
 from ..posterior import MixturePosterior
 from ._arviz import az
-from .draws import single_threaded
+from .draws import refuse_lowrank, single_threaded
 
 __all__ = ["ParetoResult", "vi_pareto_k", "log_importance_weights", "explain_pareto_k"]
 
@@ -103,7 +103,8 @@ def vi_pareto_k(
     fit: DPGMM | MixturePosterior, X, num_draws: int = 1000, seed: int = 0, chunk: int = 128
 ) -> ParetoResult:
     """PSIS diagnostic ``k_hat`` of a fitted variational posterior for the data ``X (N, D)`` it was
-    fitted to (Yao, Vehtari, Simpson, Gelman 2018). Works for full and diagonal covariance, every
+    fitted to (Yao, Vehtari, Simpson, Gelman 2018). Works for full and diagonal covariance (low-rank
+    fits raise ``ValueError``: the Pyro model does not hold their density), every
     weight prior, and a learned concentration. Leaves the caller's global torch RNG untouched."""
     if isinstance(fit, DPGMM):
         if not hasattr(fit, "posterior_"):
@@ -119,6 +120,12 @@ def vi_pareto_k(
         raise ValueError(
             f"num_draws must be an integer >= 20 to fit a Pareto tail, got {num_draws!r}; try 1000."
         )
+    refuse_lowrank(
+        post.covariance_type,
+        "vi_pareto_k",
+        "it scores draws with the Pyro model and guide of the full and diagonal components, and the "
+        "low-rank components' factor-analyser density and q are not written there",
+    )
     x = as_points(X, dtype=torch.float64)
     if x.shape[1] != post.params.num_features:
         raise ValueError(

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..models.base_measure import BaseMeasure
 from ..models.dpgmm import ModelSpec, dpgmm_model
 from ..priors import WeightPrior, log_stick_breaking
-from .draws import single_threaded
+from .draws import refuse_lowrank, single_threaded
 from .gibbs import GibbsKernel
 
 __all__ = ["sbc_ranks", "rank_uniformity_pvalue", "sbc_statistics"]
@@ -83,6 +83,9 @@ def sbc_ranks(
     ``base`` is a fixed ``B = 1`` base measure (SBC needs a prior that does not look at the data).
     ``kernel_cls`` lets a modified sampler be calibrated (e.g. to show that a broken one fails).
     """
+    refuse_lowrank(
+        base.covariance, "sbc_ranks", "it calibrates the Gibbs sampler, which has no low-rank kernel"
+    )
     R, K = replications, truncation
     with torch.random.fork_rng(devices=[]), torch.no_grad(), single_threaded():
         torch.manual_seed(seed)

@@ -7,7 +7,8 @@ For each point ``x``:
 * ``entropy``: entropy of the mean-field responsibilities ``q(z | x)`` (nats);
 * ``epistemic``: mutual information between the assignment and the mixture parameters,
   ``H[E_theta p(z | x, theta)] - E_theta H[p(z | x, theta)]``, estimated from ``S`` posterior draws
-  ``theta_s ~ q`` with ``p(z = k | x, theta_s) ∝ w_k N(x; mu_k, Lambda_k^-1)`` in float64;
+  ``theta_s ~ q`` with ``p(z = k | x, theta_s) ∝ w_k N(x; mu_k, Lambda_k^-1)`` in float64 (low-rank
+  components: ``Lambda_k^-1 = W_k W_k^T + diag(1 / lambda_k)`` by the Woodbury identity);
   ``aleatoric`` is the second term (expected entropy given the parameters);
 * ``novelty``: ``-log p(x | data)``, the negative posterior predictive log density (nats; per
   feature when ``per_dimension``).
@@ -24,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..posterior import MixturePosterior
+from .lowrank import woodbury_factors
 from .registry import MAPS
 from .registry import entropy as _entropy
 
@@ -43,44 +45,50 @@ _LOG_DROP_BOUND = -60.0 * math.log(2.0)
 
 
 def _draw_terms(posterior: MixturePosterior, num_draws: int, seed: int) -> dict[str, Tensor]:
-    """Per-draw float64 coefficients of ``log w_k + log N(x; mu_k, Lambda_k^-1)`` for ``B = 1``, as a
-    linear function of the quadratic features of ``x`` (see ``_features``).
+    """Per-draw float64 coefficients of ``log w_k + log N(x; mu_k, Sigma_k)`` for ``B = 1``, as a
+    linear function of the quadratic features of ``x`` (see ``_features``), plus for low-rank
+    components the Woodbury correction ``+ 0.5 |A x - A mu|^2`` (:mod:`dpmodels.maps.lowrank`).
 
     Returns ``coef (F, S, K)``, ``log_peak (S, K)``: ``log w_k + max_x log N(x; ...)``, an upper bound
-    of each component's log joint at any point, and ``keep (K,)``: components not negligible in
-    every draw."""
+    of each component's log joint at any point, ``keep (K,)``: components not negligible in every
+    draw, and for low-rank components ``woodbury (D, S, K, r)`` (``A^T``) and ``shift (S, K, r)``
+    (``A mu``)."""
     with torch.random.fork_rng(devices=[]):  # MixturePosterior.sample reseeds the global RNG
         draws = posterior.sample(num_draws, seed=seed, dtype=torch.float64)
     f64 = torch.float64
     log_w = draws["log_weights"][:, 0].to(f64)  # (S, K)
     means = draws["means"][:, 0].to(f64)  # (S, K, D)
     S, K, D = means.shape
+    out: dict[str, Tensor] = {}
     if posterior.covariance_type == "full":
-        tril = draws["precision_trils"][:, 0].to(
-            f64
-        )  # Lambda = T T^T, exact from the Bartlett draw  (S, K, D, D)
+        tril = draws["precision_trils"][:, 0].to(f64)  # Lambda = T T^T, exact from the Bartlett draw
         log_det = 2.0 * torch.log(tril.diagonal(dim1=-2, dim2=-1)).sum(-1)  # (S, K)
         prec = tril @ tril.transpose(-1, -2)  # (S, K, D, D)
         iu = torch.triu_indices(D, D)
         pair = torch.where(iu[0] == iu[1], 1.0, 2.0).to(f64)  # x_i x_j appears twice off the diagonal
         quad = prec[..., iu[0], iu[1]] * pair  # (S, K, D(D+1)/2)
         lin = (prec @ means.unsqueeze(-1)).squeeze(-1)  # Lambda mu  (S, K, D)
+        mu_lambda_mu = (lin * means).sum(-1)  # (S, K)
     else:
-        prec = draws["precisions"][:, 0].to(f64)  # (S, K, D)
+        prec = draws["precisions"][:, 0].to(f64)  # noise precisions for low-rank  (S, K, D)
         log_det = torch.log(prec).sum(-1)  # (S, K)
         quad = prec  # (S, K, D)
         lin = prec * means  # (S, K, D)
+        mu_lambda_mu = (lin * means).sum(-1)  # (S, K)
+        if posterior.covariance_type == "lowrank":
+            a, log_det = woodbury_factors(prec, draws["loadings"][:, 0].to(f64))  # (S, K, r, D), (S, K)
+            out["woodbury"] = a.permute(3, 0, 1, 2).contiguous()  # A^T  (D, S, K, r)
+            out["shift"] = (a @ means.unsqueeze(-1)).squeeze(-1)  # A mu  (S, K, r)
     log_peak = log_w + 0.5 * log_det - 0.5 * D * math.log(2 * math.pi)  # (S, K)
-    mu_lambda_mu = (lin * means).sum(-1)  # (S, K)
-    # log joint = log_peak - 0.5 (x' Lambda x - 2 mu' Lambda x + mu' Lambda mu)
+    # log joint = log_peak - 0.5 (x' Lambda x - 2 mu' Lambda x + mu' Lambda mu) [+ 0.5 |A x - A mu|^2]
     coef = torch.cat([-0.5 * quad, lin, (log_peak - 0.5 * mu_lambda_mu).unsqueeze(-1)], -1)  # (S, K, F)
     keep = (log_w > math.log(NEGLIGIBLE_WEIGHT)).any(0)  # (K,)
-    return {"coef": coef.permute(2, 0, 1).contiguous(), "log_peak": log_peak, "keep": keep}
+    return {"coef": coef.permute(2, 0, 1).contiguous(), "log_peak": log_peak, "keep": keep, **out}
 
 
 def _features(x: Tensor, full: bool) -> Tensor:
     """``(n, F)`` features whose linear map gives every component's log joint: the products
-    ``x_i x_j`` (``i <= j``; full) or ``x_i^2`` (diag), then ``x`` and a 1."""
+    ``x_i x_j`` (``i <= j``; full) or ``x_i^2`` (diag and low-rank), then ``x`` and a 1."""
     D = x.shape[1]
     if full:
         iu = torch.triu_indices(D, D, device=x.device)
@@ -88,6 +96,21 @@ def _features(x: Tensor, full: bool) -> Tensor:
     else:
         quad = x * x  # (n, D)
     return torch.cat([quad, x, torch.ones_like(x[:, :1])], 1)  # (n, F)
+
+
+def _log_joint(x: Tensor, feats: Tensor, terms: dict[str, Tensor], comps: Tensor | None) -> Tensor:
+    """Every draw's log joints ``(n, S, K')`` of the components ``comps`` (a boolean mask; all when
+    ``None``) at the points ``x (n, D)`` with features ``feats (n, F)``."""
+    coef = terms["coef"] if comps is None else terms["coef"][:, :, comps]  # (F, S, K')
+    F_, S = coef.shape[:2]
+    log_joint = (feats @ coef.reshape(F_, -1)).view(x.shape[0], S, -1)  # (n, S, K')
+    if "woodbury" in terms:  # low rank: + 0.5 |A x - A mu|^2
+        a_t, shift = terms["woodbury"], terms["shift"]  # (D, S, K, r), (S, K, r)
+        if comps is not None:
+            a_t, shift = a_t[:, :, comps], shift[:, comps]
+        proj = (x @ a_t.reshape(a_t.shape[0], -1)).view(x.shape[0], *shift.shape)  # A x  (n, S, K', r)
+        log_joint += 0.5 * (proj - shift).pow_(2).sum(-1)
+    return log_joint
 
 
 def _entropies(log_joint: Tensor) -> tuple[Tensor, Tensor]:
@@ -107,21 +130,20 @@ def _mutual_information(x: Tensor, terms: dict[str, Tensor], full: bool) -> tupl
     """``(total, aleatoric, epistemic)`` entropies ``(n,)`` for a float64 chunk ``x (n, D)``.
 
     All ``S x K`` log joints come from one matrix product of the chunk's quadratic features (no
-    ``(S, K, n, D)`` temporaries). Components negligible in every draw are left out unless, at some
-    point, the bound on their density (``log_peak``) could exceed ``2**-60`` of the kept density
-    in a draw; such points are recomputed with all components."""
-    coef, keep, log_peak = terms["coef"], terms["keep"], terms["log_peak"]
-    F_, S, K = coef.shape
+    ``(S, K, n, D)`` temporaries; low rank adds ``(n, S, K, r)``). Components negligible in every
+    draw are left out unless, at some point, the bound on their density (``log_peak``) could exceed
+    ``2**-60`` of the kept density in a draw; such points are recomputed with all components."""
+    keep, log_peak = terms["keep"], terms["log_peak"]
     feats = _features(x, full)  # (n, F)
-    kept = coef[:, :, keep] if not bool(keep.all()) else coef  # (F, S, K')
-    log_joint = (feats @ kept.reshape(F_, -1)).view(x.shape[0], S, -1)  # (n, S, K')
+    pruned = not bool(keep.all())
+    log_joint = _log_joint(x, feats, terms, keep if pruned else None)  # (n, S, K')
     redo = None
-    if kept.shape[-1] < K:
+    if pruned:
         log_dropped = torch.logsumexp(log_peak[:, ~keep], -1)  # bound on the dropped log density  (S,)
         redo = (log_dropped - torch.logsumexp(log_joint, -1) > _LOG_DROP_BOUND).any(1)  # (n,)
     total, aleatoric = _entropies(log_joint)
     if redo is not None and bool(redo.any()):
-        full_joint = (feats[redo] @ coef.reshape(F_, -1)).view(-1, S, K)  # (r, S, K)
+        full_joint = _log_joint(x[redo], feats[redo], terms, None)  # (m, S, K)
         total[redo], aleatoric[redo] = _entropies(full_joint)
     return total, aleatoric, (total - aleatoric).clamp_min(0.0)
 
@@ -206,8 +228,9 @@ def point_uncertainty(
     if chunk_size is None:
         full = posterior.covariance_type == "full"
         F = D * (D + 1) // 2 + D + 1 if full else 2 * D + 1  # quadratic features per point
-        # (n, S, K) log joints and (n, F) features each near 16 MiB in float64
-        chunk_size = max(16, min(2**21 // (K * num_draws), 2**21 // F))
+        r = posterior.params.loadings.shape[-1] if posterior.covariance_type == "lowrank" else 1
+        # (n, S, K) log joints, (n, S, K, r) low-rank projections and (n, F) features each near 16 MiB
+        chunk_size = max(16, min(2**21 // (K * num_draws * r), 2**21 // F))
     device = posterior.params.mean.device
     draws = _Draws(posterior, num_draws, seed)
     out: dict[str, list[Tensor]] = {k: [] for k in MAPS}
