@@ -1,5 +1,6 @@
 """k-means initialisation: distances, the wide-data subset, and the first statistics."""
 
+import pytest
 import torch
 
 from dpmodels.infer import init
@@ -66,3 +67,21 @@ def test_wide_initial_stats_use_all_points(monkeypatch):
     torch.testing.assert_close(counts.sum(-1), torch.full((1,), 6000.0, dtype=torch.float64))
     assert sorted(counts[0, :4].tolist()) == [1500.0] * 4  # four clusters of 150 points, scaled by 10
     assert counts[0, 4:].abs().max() == 0
+
+
+def test_check_finite_reads_past_overflowing_sums_and_finds_every_bad_value():
+    """The finite check's one-reduction pass per chunk (the pass before any seeding) must neither
+    refuse finite values whose sum overflows nor miss NaN or Inf, +Inf and -Inf together included."""
+    from dpmodels.data.source import PointSource
+
+    big = torch.full((6, 3), 3e38)  # finite float32 values; their sum overflows to inf
+    PointSource(big).check_finite(chunk_size=4)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = big.clone()
+        x[5, 1] = bad
+        with pytest.raises(ValueError, match=r"first rows: \[5\]"):
+            PointSource(x).check_finite(chunk_size=4)
+    x = torch.zeros(6, 3)
+    x[1, 0], x[1, 2] = float("inf"), -float("inf")  # the sum is NaN, not inf
+    with pytest.raises(ValueError, match=r"first rows: \[1\]"):
+        PointSource(x).check_finite(chunk_size=4)
