@@ -45,8 +45,8 @@ def degenerate_report(
     s2 = torch.zeros(B, D, D, dtype=torch.float64)
     for start in range(0, N, chunk_size):
         x = data[:, start : start + chunk_size].cpu()  # (B, n, D) in the data's dtype
-        x_lo, x_hi = torch.aminmax(x, dim=1)  # one pass; exact in any float dtype
-        lo, hi = torch.minimum(lo, x_lo.double()), torch.maximum(hi, x_hi.double())
+        # min and max are exact in the data's dtype: no float64 copy of the chunk for them
+        lo, hi = torch.minimum(lo, x.amin(1).double()), torch.maximum(hi, x.amax(1).double())
         if covariance == "full":
             c = x - pivot  # float64 (pivot's dtype)
             s1 += c.sum(1)
