@@ -64,7 +64,8 @@ class DPGMM:
         (nats per point); ``None`` keeps the engine's default.
     active_threshold : share of the data a component must explain to count in ``n_active_``.
     mean_precision, dof, scale : base-measure overrides (defaults follow the data; ``scale`` is
-        ``Psi`` in the data's units).
+        ``Psi`` in the data's units; ``mean_precision=None`` is 1, or ``1 / D`` for ``"lowrank"``,
+        see :func:`~dpmodels.models.empirical_base_measure`).
     progress : show a progress bar while fitting.
     chunk_size : points per E-step chunk (``None``: sized to keep temporaries near 4 MiB).
     checkpoint : file path for fit checkpoints (natural engine only). The engine's state is saved
@@ -106,7 +107,7 @@ class DPGMM:
         "max_iter": Param("int", low=1, none=True, hint="use None for the engine's default"),
         "tol": Param("number", low=0, open_low=True, none=True, unit="nats per point", hint="try 1e-5"),
         "active_threshold": Param("number", low=0, high=1, open_high=True, hint="try 0.01"),
-        "mean_precision": Param("number", low=0, open_low=True, hint="try 1.0"),
+        "mean_precision": Param("number", low=0, open_low=True, none=True, hint="try 1.0, or None for the default"),
         "dof": Param("number", none=True, hint="None follows the data (dof = D)"),
         "scale": Param("any"),
         "progress": Param("bool"),
@@ -136,7 +137,7 @@ class DPGMM:
         max_iter: int | None = None,
         tol: float | None = None,
         active_threshold: float = 0.01,
-        mean_precision: float = 1.0,
+        mean_precision: float | None = None,
         dof: float | None = None,
         scale=None,
         progress: bool = False,

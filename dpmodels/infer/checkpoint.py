@@ -68,7 +68,7 @@ def fingerprint(data, spec: ModelSpec, seed: int, options, chunk: int, dtype: to
     return {
         "data": f"shape={tuple(data.shape)} rows={h.hexdigest()[:32]}",
         "prior": repr(spec.prior),
-        "base_measure": f"{spec.base.covariance}:{base.hexdigest()[:32]}",
+        "base_measure": f"{spec.base.covariance}:{base.hexdigest()[:32]}" + _lowrank_settings(spec.base),
         "truncation": str(spec.truncation),
         "options": json.dumps(opts, sort_keys=True),
         "seed": str(int(seed)),
@@ -76,6 +76,14 @@ def fingerprint(data, spec: ModelSpec, seed: int, options, chunk: int, dtype: to
         "dtype": str(dtype),
         "device": torch.device(device).type,
     }
+
+
+def _lowrank_settings(base) -> str:
+    """The low-rank prior's rank and loading precision (empty for the other types, whose
+    fingerprints stay as they were)."""
+    if base.covariance != "lowrank":
+        return ""
+    return f":rank={base.rank}:loading_precision={float(base.loading_precision)!r}"
 
 
 def params_to_state(params: VariationalParams) -> dict:

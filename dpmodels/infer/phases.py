@@ -28,7 +28,7 @@ from ..distributed import Shard
 from ..models.family import VariationalParams
 from .merge import candidate_pairs, try_merges
 from .result import full_pass, reduce_stats
-from .updates import Stats, e_step, elbo_from_stats, m_step, select_fits
+from .updates import Stats, best_factor_frame, e_step, elbo_from_stats, m_step, select_fits
 
 __all__ = ["EngineState", "Tracker", "minibatch_phase", "full_batch_phase"]
 
@@ -123,7 +123,11 @@ def _stats_from(state: dict | None, device) -> Stats | None:
 
 
 def _m_step_sorted(stats: Stats, params: VariationalParams, base_c, spec, sort: bool):
-    """M-step; for stick-breaking priors also try components sorted by size, keep what has the higher ELBO."""
+    """M-step; for stick-breaking priors also try components sorted by size, keep what has the higher
+    ELBO. Low-rank components first take their factors whitened where that raises their ELBO
+    term (:func:`~dpmodels.infer.updates.best_factor_frame`)."""
+    if params.covariance == "lowrank":
+        stats = best_factor_frame(stats, base_c)[0]
     new = m_step(stats, base_c, spec.prior, params)
     elbo = elbo_from_stats(stats, new, base_c, spec.prior)
     if not (sort and spec.prior.ordered):
@@ -248,14 +252,14 @@ def full_batch_phase(state: EngineState, params: VariationalParams, passes: int,
         if bool(check.any()):
             pairs, valid = candidate_pairs(p_sub, counts if fits is None else counts[fits])
             valid = valid & check.to(valid.device).unsqueeze(-1)  # merge only the fits that are due
-            stats, comp, pair = state.statistics(p_sub, fits, pairs)
+            stats, comp, pair, moved = state.statistics(p_sub, fits, pairs)
         else:
             stats = state.statistics(p_sub, fits)
         new, new_elbo = _m_step_sorted(stats, p_sub, b_sub, spec, opts.sort_components)
         merged = torch.zeros(len(act), dtype=torch.bool)
         if bool(check.any()):
             new, new_elbo, n_merged = try_merges(
-                stats, comp, pair, pairs, valid, new, new_elbo, p_sub, b_sub, spec.prior
+                stats, comp, pair, pairs, valid, new, new_elbo, p_sub, b_sub, spec.prior, moved
             )
             merged = (n_merged > 0).cpu()
             n_merges += int(n_merged.sum())

@@ -9,8 +9,9 @@ from torch import Tensor
 
 from ..models.dpgmm import ModelSpec
 from ..models.family import VariationalParams, expected_log_weights, quadratic_plan
+from ..models.lowrank import moved_stats
 from .merge import xlogx
-from .updates import Stats, e_step
+from .updates import Stats, e_step, lowrank_pass
 
 __all__ = ["ConvergenceWarning", "FitResult", "full_pass", "reduce_stats", "auto_chunk_size"]
 
@@ -61,9 +62,11 @@ def full_pass(
 ):
     """Statistics of all of ``data (B, N, D)`` (any device), centred at ``shift (B, D)``.
 
-    With ``pairs (B, P, 2)`` also returns ``sum_n r log r`` per component ``(B, K)`` and
-    ``sum_n (r_j + r_k) log(r_j + r_k)`` per pair ``(B, P)`` (for merge moves):
-    ``(stats, comp_xlogx, pair_xlogx)``. ``fits`` restricts the pass to those fits (``shift`` and
+    With ``pairs (B, P, 2)`` also returns ``sum_n r log r`` per component ``(B, K)``,
+    ``sum_n (r_j + r_k) log(r_j + r_k)`` per pair ``(B, P)`` and, for low-rank components, the
+    statistics that merging ``k`` into ``j`` moves (``Stats`` shaped ``(B, P, ...)``, see
+    :func:`~dpmodels.models.lowrank.moved_stats`; ``None`` for the other types), for merge moves:
+    ``(stats, comp_xlogx, pair_xlogx, moved)``. ``fits`` restricts the pass to those fits (``shift`` and
     ``params`` must already be restricted). With ``shard`` (a :class:`~dpmodels.distributed.Shard`
     with a group), ``data`` is this rank's shard and everything returned is summed over all ranks:
     one all-reduce of ``B K D^2``-sized statistics, independent of the number of points.
@@ -73,13 +76,20 @@ def full_pass(
     e_log_pi = expected_log_weights(params_c)
     plan = quadratic_plan(params_c)  # per-component factors, once per pass
     shift_c = shift.to(device=device, dtype=dtype).unsqueeze(1)
-    total, comp, pair = None, 0.0, 0.0
+    lowrank = pairs is not None and params.covariance == "lowrank"
+    total, comp, pair, pair_terms = None, 0.0, 0.0, None
     for start in range(0, data.shape[1], chunk_size):
         x = data[:, start : start + chunk_size]
         if cpu_fits is not None:
             x = x[cpu_fits]
         x = x.to(device=device, dtype=dtype) - shift_c
-        stats, log_r = e_step(params_c, x, e_log_pi, plan)
+        if lowrank:
+            stats, log_r, terms = lowrank_pass(params_c, x, e_log_pi, plan, pairs)
+            pair_terms = (
+                terms if pair_terms is None else tuple(a + b for a, b in zip(pair_terms, terms, strict=True))
+            )
+        else:
+            stats, log_r = e_step(params_c, x, e_log_pi, plan)
         total = stats if total is None else total + stats
         if pairs is not None:
             for sub in range(0, log_r.shape[1], 8192):  # (B, 8192, P) temporaries at most
@@ -93,11 +103,18 @@ def full_pass(
             return reduce_stats(total, shard)
         comp = torch.as_tensor(comp, dtype=torch.float64, device=device).expand(total.count.shape)
         pair = torch.as_tensor(pair, dtype=torch.float64, device=device).expand(pairs.shape[:2])
-        *parts, comp, pair = shard.sum(*astuple(total), comp, pair)
-        return Stats(*parts), comp, pair
+        *parts, comp, pair = shard.sum(*astuple(total), *(pair_terms or ()), comp, pair)
+        if lowrank:
+            parts, pair_terms = parts[:4], tuple(parts[4:])
+        total = Stats(*parts)
     if pairs is None:
         return total
-    return total, comp, pair
+    moved = None
+    if lowrank:
+        moved = Stats(
+            *moved_stats(total.count, total.s1, total.s2, pair_terms, pairs, plan.p_inv, plan.log_det_p)
+        )
+    return total, comp, pair, moved
 
 
 def reduce_stats(stats: Stats, shard) -> Stats:

@@ -28,7 +28,14 @@ from ..models.family import (
     take_components,
 )
 from ..models.guide import assignment_log_probs
-from ..models.lowrank import factor_statistics, lowrank_component_update, lowrank_elbo_terms, pack_stats
+from ..models.lowrank import (
+    factor_statistics,
+    lowrank_component_update,
+    lowrank_elbo_terms,
+    pack_stats,
+    pair_factor_statistics,
+    whiten_factor_stats,
+)
 from ..models.quadratic import QuadraticPlan, weighted_scatter
 from ..priors import WeightPrior
 
@@ -43,6 +50,8 @@ __all__ = [
     "component_elbo_terms",
     "weight_elbo_terms",
     "select_fits",
+    "lowrank_pass",
+    "best_factor_frame",
 ]
 
 
@@ -118,27 +127,44 @@ def e_step(
 
 
 def _lowrank_e_step(
-    params: VariationalParams, x: Tensor, e_log_pi: Tensor | None, plan
-) -> tuple[Stats, Tensor]:
+    params: VariationalParams, x: Tensor, e_log_pi: Tensor | None, plan, pairs: Tensor | None = None
+):
     """The E-step of low-rank components: responsibilities and the factors' posterior means come
-    from one pass of the plan; statistics accumulate in float64 across blocks of points."""
+    from one pass of the plan; statistics accumulate in float64 across blocks of points.
+
+    With ``pairs (B, P, 2)`` also returns the factor statistics that merge candidates need
+    (:func:`~dpmodels.models.lowrank.pair_factor_statistics`): ``(stats, log_r, pair_terms)``."""
     if e_log_pi is None:
         e_log_pi = expected_log_weights(params)
-    parts, logs = None, []
+    parts, pair_parts, logs = None, None, []
     for start in range(0, x.shape[1], STATS_BLOCK):
         xb = x[:, start : start + STATS_BLOCK]
         loglik, ey = plan.factors(xb)
         log_r = torch.log_softmax(e_log_pi.unsqueeze(1) + loglik, dim=-1)  # (B, m, K)
-        count, sxy, sxx, syy, h_y = factor_statistics(plan, xb, log_r.exp(), ey)
         r = log_r.exp()
+        count, sxy, sxx, syy, h_y = factor_statistics(plan, xb, r, ey)
         h_z = -torch.where(r > 0, r * log_r, torch.zeros_like(r)).double().sum((1, 2))
-        block = (count, sxy, sxx, syy, h_y + h_z)
-        parts = block if parts is None else tuple(a + b for a, b in zip(parts, block, strict=True))
+        parts = _add_parts(parts, (count, sxy, sxx, syy, h_y + h_z))
+        if pairs is not None:
+            pair_parts = _add_parts(pair_parts, pair_factor_statistics(xb, r, ey, pairs))
         logs.append(log_r)
     if parts is None:
         raise ValueError("an E-step needs at least one point; got an empty chunk.")
     count, sxy, sxx, syy, entropy = parts
-    return Stats(count, *pack_stats(sxy, sxx, syy), entropy), torch.cat(logs, 1)
+    stats = Stats(count, *pack_stats(sxy, sxx, syy), entropy)
+    if pairs is None:
+        return stats, torch.cat(logs, 1)
+    return stats, torch.cat(logs, 1), pair_parts
+
+
+def _add_parts(total: tuple | None, part: tuple) -> tuple:
+    return part if total is None else tuple(a + b for a, b in zip(total, part, strict=True))
+
+
+def lowrank_pass(params: VariationalParams, x: Tensor, e_log_pi: Tensor, plan, pairs: Tensor):
+    """:func:`e_step` of low-rank components with the merge candidates' factor statistics of the
+    chunk: ``(stats, log_r, pair_terms)`` (see :func:`~dpmodels.models.lowrank.moved_stats`)."""
+    return _lowrank_e_step(params, x, e_log_pi, plan, pairs)
 
 
 def stats_from_responsibilities(log_r: Tensor, x: Tensor, form: str) -> Stats:
@@ -260,3 +286,27 @@ def select_fits(
         b = getattr(when_false, name)
         out[name] = torch.where(mask.reshape((-1,) + (1,) * (a.dim() - 1)), a, b)
     return replace(when_true, **out)
+
+
+def best_factor_frame(stats: Stats, base: BaseMeasure) -> tuple[Stats, Tensor]:
+    """Low-rank statistics with each component's factors whitened
+    (:func:`~dpmodels.models.lowrank.whiten_factor_stats`) where that gives the component a higher
+    ELBO term, and as they are elsewhere; returns ``(stats, component ELBO terms (B, K'))``, the
+    terms including the entropy change. The choice is per component because the ELBO is a sum of
+    per-component terms, the weights' term (counts only) and the entropy, so a merge candidate
+    scored alone (:mod:`dpmodels.infer.merge`) is scored as it will be applied. Other covariance
+    types: ``stats`` unchanged."""
+    terms = component_elbo_terms(stats, component_update(stats, base), base)
+    if base.covariance != "lowrank":
+        return stats, terms
+    s1, s2, gain = whiten_factor_stats(stats.count, stats.s1, stats.s2)
+    white = Stats(stats.count, s1, s2, stats.entropy)
+    white_terms = component_elbo_terms(white, component_update(white, base), base) + gain
+    use = white_terms > terms  # (B, K')
+    out = Stats(
+        stats.count,
+        torch.where(use[..., None, None], s1, stats.s1),
+        torch.where(use[..., None], s2, stats.s2),
+        stats.entropy + torch.where(use, gain, torch.zeros_like(gain)).sum(-1),
+    )
+    return out, torch.maximum(terms, white_terms)

@@ -349,3 +349,88 @@ def lowrank_draws(params, S: tuple) -> tuple[Tensor, Tensor, Tensor]:
     noise = torch.linalg.solve_triangular(chol.transpose(-1, -2).unsqueeze(-3), eps, upper=True).squeeze(-1)
     w = _row_means(p) + noise / prec.sqrt().unsqueeze(-1)
     return prec, w[..., -1], w[..., :-1]
+
+
+def pair_factor_statistics(
+    x: Tensor, r_nk: Tensor, ey: Tensor, pairs: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """For each merge candidate ``(j, k)`` of ``pairs (B, P, 2)``: the factor statistics of ``k``'s
+    points in ``j``'s factor coordinates, ``sum_n r_nk x_n E_j[y_n]^T`` ``(B, P, D, r)``,
+    ``sum_n r_nk E_j[y_n]`` ``(B, P, r)`` and ``sum_n r_nk E_j[y_n] E_j[y_n]^T`` ``(B, P, r, r)``
+    (float64), for a chunk ``x (B, n, D)`` with ``r_nk (B, n, K)`` and ``ey (B, K, r, n)``.
+
+    Two components fitted to the halves of one cluster have factors in unrelated coordinates
+    (rotated, flipped), so their statistics cannot simply be added; re-expressing ``k``'s points in
+    ``j``'s coordinates makes the merged statistics those of one valid ``q(y)``. Cost: ``n P D r``."""
+    B, n, D = x.shape
+    r = ey.shape[2]
+    P = pairs.shape[1]
+    j, k = pairs[..., 0], pairs[..., 1]
+    r_k = torch.gather(r_nk, 2, k.unsqueeze(1).expand(B, n, P)).transpose(1, 2)  # (B, P, n)
+    ey_j = torch.gather(ey, 1, j[..., None, None].expand(B, P, r, n))  # (B, P, r, n)
+    rey = ey_j * r_k.unsqueeze(2)
+    t_xy = (rey.reshape(B, P * r, n) @ x).reshape(B, P, r, D).transpose(-1, -2).double()
+    return t_xy, rey.sum(-1).double(), (rey @ ey_j.transpose(-1, -2)).double()
+
+
+def moved_stats(count, s1, s2, pair_terms, pairs: Tensor, p_inv: Tensor, log_det_p: Tensor) -> tuple:
+    """Statistics ``(count, s1, s2, entropy change)`` ``(B, P, ...)`` that merging ``k`` into ``j``
+    adds to ``j``, for every pair ``(j, k)`` of ``pairs (B, P, 2)``: ``k``'s counts, sums and squares
+    as they are, its factor statistics in ``j``'s coordinates (``pair_terms`` of
+    :func:`pair_factor_statistics` summed over the data, with ``q(y_n) = N(E_j[y_n], P_j^-1)``), and
+    the change of the factors' entropy, ``N_k (H[q(y | j)] - H[q(y | k)])``. ``p_inv (B, K, r, r)``
+    and ``log_det_p (B, K)``: ``P^-1`` and ``log |P|`` of the pass's plan."""
+    t_xy, t_y, t_yy = pair_terms
+    B, P, _ = pairs.shape
+    j, k = pairs[..., 0], pairs[..., 1]
+    sxy, sxx, _ = unpack_stats(s1, s2)
+    D, q = sxy.shape[-2], sxy.shape[-1]
+    r = q - 1
+    n_k = torch.gather(count, 1, k)  # (B, P)
+    x_k = torch.gather(sxy[..., -1], 1, k.unsqueeze(-1).expand(B, P, D))
+    xx_k = torch.gather(sxx, 1, k.unsqueeze(-1).expand(B, P, D))
+    p_inv_j = torch.gather(p_inv.double(), 1, j[..., None, None].expand(B, P, r, r))
+    syy = t_yy.new_zeros(B, P, q, q)
+    syy[..., :r, :r] = n_k[..., None, None] * p_inv_j + t_yy
+    syy[..., :r, r] = t_y
+    syy[..., r, :r] = t_y
+    syy[..., r, r] = n_k
+    new_s1, new_s2 = pack_stats(torch.cat([t_xy, x_k.unsqueeze(-1)], -1), xx_k, syy)
+    ld = log_det_p.double()
+    entropy = 0.5 * n_k * (torch.gather(ld, 1, k) - torch.gather(ld, 1, j))
+    return n_k, new_s1, new_s2, entropy
+
+
+def whiten_factor_stats(count: Tensor, s1: Tensor, s2: Tensor, min_count: float = 1.0) -> tuple:
+    """Re-express every component's factors so that they have mean 0 and covariance ``I`` over its
+    points: ``y' = R (y - c)`` with ``c`` the factors' mean and ``R = chol(Sigma_y)^-1``. Returns the
+    transformed ``(s1, s2)`` and the change of the factors' entropy ``sum_k N_k log |R_k|`` ``(B,)``.
+
+    ``q(y)`` transformed by an affine map is another Gaussian ``q(y)``, so the transformed statistics
+    are exactly those of a valid variational distribution and the ELBO computed from them is exact.
+    Loadings ``W' = W R^-1`` (and the mean moved by ``W c``) would leave the likelihood unchanged,
+    while the factors' prior term and entropy, ``N (-tr(Sigma) + log |Sigma|) / 2`` before, reach
+    their maximum ``-N r / 2`` after; the M-step then refits the loadings to the new factors. This is
+    the parameter-expanded step of Qi & Jaakkola (2007) and Luttinen & Ilin (2010): without it, VB
+    trades the loadings' scale against the factors' for hundreds of iterations (after merges
+    especially, whose factors start in another component's coordinates). The callers keep whichever
+    of the transformed and the original statistics gives the higher ELBO. Components with fewer
+    than ``min_count`` points are left as they are."""
+    sxy, sxx, syy = unpack_stats(s1, s2)
+    q = syy.shape[-1]
+    r = q - 1
+    n = count.clamp_min(1e-300)[..., None]
+    c = syy[..., :r, r] / n  # (B, K, r)
+    sigma = syy[..., :r, :r] / n.unsqueeze(-1) - c.unsqueeze(-1) * c.unsqueeze(-2)
+    chol, info = torch.linalg.cholesky_ex(_sym(sigma))
+    ok = (count >= min_count) & (info == 0)
+    eye = torch.eye(r, dtype=syy.dtype, device=syy.device)
+    chol = torch.where(ok[..., None, None], chol, eye)
+    rot = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)  # R = L^-1
+    t = torch.zeros_like(syy)
+    t[..., :r, :r] = rot
+    t[..., :r, r] = -(rot @ torch.where(ok[..., None], c, torch.zeros_like(c)).unsqueeze(-1)).squeeze(-1)
+    t[..., r, r] = 1.0
+    new_s1, new_s2 = pack_stats(sxy @ t.transpose(-1, -2), sxx, _sym(t @ syy @ t.transpose(-1, -2)))
+    gain = torch.where(ok, -0.5 * count * _chol_logdet(chol), torch.zeros_like(count))  # N log |R|
+    return new_s1, new_s2, gain

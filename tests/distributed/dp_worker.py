@@ -78,6 +78,9 @@ def run(name: str, rank: int, out: Path) -> dict:
         group = DataParallel("cpu")
         model = DPGMM(truncation=12, seed=3).fit(mine, distributed=group)
         return {**summary(model, x, held_out), "bytes_reduced": group.bytes_reduced}
+    if name == "lowrank":  # merge candidates need per-pair factor statistics summed over ranks
+        model = DPGMM(truncation=12, covariance="lowrank", rank=2, seed=3).fit(mine)
+        return {**summary(model, x, held_out), "merges": model.fit_result_.info["merges"]}
     if name == "diag_minibatch":
         model = DPGMM(truncation=12, covariance="diag", batch_size=300, seed=1).fit(mine)
         return summary(model, x, held_out)

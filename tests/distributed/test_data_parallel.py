@@ -32,7 +32,17 @@ from dpmodels.activations import extract  # noqa: E402
 
 pytestmark = pytest.mark.slow  # two processes launched by torchrun (about 40 s in all)
 
-GOOD = ["full", "diag_minibatch", "memmap", "batched", "warm_start", "checkpoint", "payload", "extract"]
+GOOD = [
+    "full",
+    "lowrank",
+    "diag_minibatch",
+    "memmap",
+    "batched",
+    "warm_start",
+    "checkpoint",
+    "payload",
+    "extract",
+]
 BAD = [
     "different_width", "empty_shard", "other_settings", "nan_on_one_rank", "pyro_engine", "batched_other_width",
 ]  # fmt: skip
@@ -119,6 +129,14 @@ def test_full_covariance_fit_equals_the_single_process_fit(runs):
     dp = ranks_ok(runs["full"])[0]
     assert_same_fit(dp, DPGMM(truncation=12, seed=3).fit(x), x, held_out)
     assert dp["n_active"] == 4 and dp["bytes_reduced"] > 0
+
+
+def test_lowrank_fit_with_merges_equals_the_single_process_fit(runs):
+    x, held_out = planted()
+    dp = ranks_ok(runs["lowrank"])[0]
+    single = DPGMM(truncation=12, covariance="lowrank", rank=2, seed=3).fit(x)
+    assert_same_fit(dp, single, x, held_out)
+    assert dp["merges"] == single.fit_result_.info["merges"] > 0
 
 
 def test_minibatch_fit_follows_the_same_schedule(runs):

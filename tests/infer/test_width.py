@@ -33,7 +33,7 @@ def test_merge_candidates_scored_from_component_terms_equal_a_full_m_step(cov, p
     spec = ModelSpec(prior, empirical_base_measure(data, cov), 10)
     params, base, shift = initial_params(data, spec, torch.Generator().manual_seed(0), 1000, "cpu")
     pairs, _ = candidate_pairs(params, params.dof - base.dof[:, None])
-    stats, comp, pair = full_pass(data, shift, params, 10_000, torch.device("cpu"), torch.float64, pairs)
+    stats, comp, pair, _ = full_pass(data, shift, params, 10_000, torch.device("cpu"), torch.float64, pairs)
     fast = _pair_candidate_elbos(stats, comp, pair, pairs, params, base, prior)  # (B, P)
     B, P, _ = pairs.shape
     merged = _merged_stats(stats, comp, pair, pairs)  # pair-major (P * B, K, ...)
