@@ -128,7 +128,7 @@ def _pair_candidate_elbos(
     B, P, _ = pairs.shape
     moved = moved_as_is(stats, pairs) if moved is None else moved
     j, k = pairs[..., 0], pairs[..., 1]  # (B, P)
-    terms = best_factor_frame(stats, base)[1]  # (B, K)
+    terms = best_factor_frame(stats, base, search_scale=False)[1]  # (B, K)
 
     def pair_sum(t: Tensor) -> Tensor:  # t (B, K, ...) -> t_j + t_k  (B, P, ...)
         return _gather_pairs(t, j) + _gather_pairs(t, k)
@@ -137,7 +137,7 @@ def _pair_candidate_elbos(
     pair_stats = Stats(
         *(_gather_pairs(t, j) + m for t, m in zip(astuple(stats)[:3], astuple(moved)[:3], strict=True)), zero
     )
-    pair_terms = best_factor_frame(pair_stats, base)[1]  # (B, P)
+    pair_terms = best_factor_frame(pair_stats, base, search_scale=False)[1]  # (B, P)
     comp_total = terms.sum(-1, keepdim=True) - pair_sum(terms) + pair_terms  # (B, P)
     counts = stats.count.unsqueeze(1).expand(B, P, -1).clone()  # (B, P, K) merged counts
     counts.scatter_add_(2, j.unsqueeze(-1), torch.gather(counts, 2, k.unsqueeze(-1)))
@@ -153,7 +153,7 @@ def _pair_candidate_elbos(
 def _best_m_step(stats: Stats, base: BaseMeasure, prior: WeightPrior, previous: VariationalParams):
     """M-step and exact ELBO of merged statistics (low-rank factors whitened where that helps,
     :func:`~dpmodels.infer.updates.best_factor_frame`, as the candidates were scored)."""
-    stats = best_factor_frame(stats, base)[0]
+    stats = best_factor_frame(stats, base, search_scale=False)[0]
     params = m_step(stats, base, prior, previous)
     return params, elbo_from_stats(stats, params, base, prior)
 

@@ -90,12 +90,19 @@ class EngineState:
         """``N`` over all ranks."""
         return self.shard.total
 
-    def statistics(self, params: VariationalParams, fits: Tensor | None = None, pairs: Tensor | None = None):
+    def statistics(
+        self,
+        params: VariationalParams,
+        fits: Tensor | None = None,
+        pairs: Tensor | None = None,
+        valid: Tensor | None = None,
+    ):
         """One pass over all points (all ranks): :func:`~dpmodels.infer.result.full_pass` for ``params``
-        (restricted to ``fits``, with ``shift`` restricted alike), with merge terms when ``pairs``."""
+        (restricted to ``fits``, with ``shift`` restricted alike), with merge terms when ``pairs``
+        (``valid``: which of them are candidates)."""
         shift = self.shift if fits is None else self.shift[fits]
         return full_pass(
-            self.data, shift, params, self.chunk, self.device, self.dtype, pairs, fits, self.shard
+            self.data, shift, params, self.chunk, self.device, self.dtype, pairs, fits, self.shard, valid
         )
 
     def update_bar(self, **postfix) -> None:
@@ -252,7 +259,7 @@ def full_batch_phase(state: EngineState, params: VariationalParams, passes: int,
         if bool(check.any()):
             pairs, valid = candidate_pairs(p_sub, counts if fits is None else counts[fits])
             valid = valid & check.to(valid.device).unsqueeze(-1)  # merge only the fits that are due
-            stats, comp, pair, moved = state.statistics(p_sub, fits, pairs)
+            stats, comp, pair, moved = state.statistics(p_sub, fits, pairs, valid)
         else:
             stats = state.statistics(p_sub, fits)
         new, new_elbo = _m_step_sorted(stats, p_sub, b_sub, spec, opts.sort_components)

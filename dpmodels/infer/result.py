@@ -59,6 +59,7 @@ def full_pass(
     pairs: Tensor | None = None,
     fits: Tensor | None = None,
     shard=None,
+    valid: Tensor | None = None,
 ):
     """Statistics of all of ``data (B, N, D)`` (any device), centred at ``shift (B, D)``.
 
@@ -70,6 +71,8 @@ def full_pass(
     ``params`` must already be restricted). With ``shard`` (a :class:`~dpmodels.distributed.Shard`
     with a group), ``data`` is this rank's shard and everything returned is summed over all ranks:
     one all-reduce of ``B K D^2``-sized statistics, independent of the number of points.
+    ``valid (B, P)``: which pairs are candidates (low-rank components compute per-pair statistics
+    only for the pairs valid in some fit; the others get zeros).
     """
     cpu_fits = None if fits is None else fits.cpu()
     params_c = params.map(lambda t: t.to(device=device, dtype=dtype))
@@ -78,13 +81,18 @@ def full_pass(
     shift_c = shift.to(device=device, dtype=dtype).unsqueeze(1)
     lowrank = pairs is not None and params.covariance == "lowrank"
     total, comp, pair, pair_terms = None, 0.0, 0.0, None
+    cols = None
+    if lowrank:
+        cols = torch.arange(pairs.shape[1], device=pairs.device)
+        if valid is not None:
+            cols = valid.to(pairs.device).any(0).nonzero().flatten()
     for start in range(0, data.shape[1], chunk_size):
         x = data[:, start : start + chunk_size]
         if cpu_fits is not None:
             x = x[cpu_fits]
         x = x.to(device=device, dtype=dtype) - shift_c
         if lowrank:
-            stats, log_r, terms = lowrank_pass(params_c, x, e_log_pi, plan, pairs)
+            stats, log_r, terms = lowrank_pass(params_c, x, e_log_pi, plan, pairs[:, cols])
             pair_terms = (
                 terms if pair_terms is None else tuple(a + b for a, b in zip(pair_terms, terms, strict=True))
             )
@@ -111,10 +119,18 @@ def full_pass(
         return total
     moved = None
     if lowrank:
+        pair_terms = tuple(_scatter_pairs(t, cols, pairs.shape[1]) for t in pair_terms)
         moved = Stats(
             *moved_stats(total.count, total.s1, total.s2, pair_terms, pairs, plan.p_inv, plan.log_det_p)
         )
     return total, comp, pair, moved
+
+
+def _scatter_pairs(t: Tensor, cols: Tensor, P: int) -> Tensor:
+    """``t (B, P', ...)`` computed for the pairs ``cols (P',)`` as ``(B, P, ...)``, zeros elsewhere."""
+    out = t.new_zeros((t.shape[0], P) + t.shape[2:])
+    out[:, cols] = t
+    return out
 
 
 def reduce_stats(stats: Stats, shard) -> Stats:

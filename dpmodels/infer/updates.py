@@ -34,6 +34,7 @@ from ..models.lowrank import (
     lowrank_elbo_terms,
     pack_stats,
     pair_factor_statistics,
+    scale_factor_stats,
     whiten_factor_stats,
 )
 from ..models.quadratic import QuadraticPlan, weighted_scatter
@@ -139,14 +140,14 @@ def _lowrank_e_step(
     parts, pair_parts, logs = None, None, []
     for start in range(0, x.shape[1], STATS_BLOCK):
         xb = x[:, start : start + STATS_BLOCK]
-        loglik, ey = plan.factors(xb)
-        log_r = torch.log_softmax(e_log_pi.unsqueeze(1) + loglik, dim=-1)  # (B, m, K)
+        loglik, ey = plan.factors_distinct(xb)  # equal components once: (B, m, U), (B, U, r, m)
+        log_r = torch.log_softmax(e_log_pi.unsqueeze(1) + plan.expand(loglik, 2), dim=-1)  # (B, m, K)
         r = log_r.exp()
-        count, sxy, sxx, syy, h_y = factor_statistics(plan, xb, r, ey)
+        count, sxy, sxx, syy, h_y = factor_statistics(plan, xb, r, ey, e_log_pi)
         h_z = -torch.where(r > 0, r * log_r, torch.zeros_like(r)).double().sum((1, 2))
         parts = _add_parts(parts, (count, sxy, sxx, syy, h_y + h_z))
         if pairs is not None:
-            pair_parts = _add_parts(pair_parts, pair_factor_statistics(xb, r, ey, pairs))
+            pair_parts = _add_parts(pair_parts, pair_factor_statistics(xb, r, ey, pairs, plan.index))
         logs.append(log_r)
     if parts is None:
         raise ValueError("an E-step needs at least one point; got an empty chunk.")
@@ -288,25 +289,60 @@ def select_fits(
     return replace(when_true, **out)
 
 
-def best_factor_frame(stats: Stats, base: BaseMeasure) -> tuple[Stats, Tensor]:
-    """Low-rank statistics with each component's factors whitened
-    (:func:`~dpmodels.models.lowrank.whiten_factor_stats`) where that gives the component a higher
-    ELBO term, and as they are elsewhere; returns ``(stats, component ELBO terms (B, K'))``, the
-    terms including the entropy change. The choice is per component because the ELBO is a sum of
-    per-component terms, the weights' term (counts only) and the entropy, so a merge candidate
-    scored alone (:mod:`dpmodels.infer.merge`) is scored as it will be applied. Other covariance
-    types: ``stats`` unchanged."""
+def best_factor_frame(stats: Stats, base: BaseMeasure, search_scale: bool = True) -> tuple[Stats, Tensor]:
+    """Low-rank statistics with each component's factors re-expressed in the frame that gives the
+    component the highest ELBO term: as they are, whitened
+    (:func:`~dpmodels.models.lowrank.whiten_factor_stats`), or (``search_scale``) scaled by the best
+    of a coarse and then a fine grid of factors (:func:`~dpmodels.models.lowrank.scale_factor_stats`,
+    ``a`` in ``[0.78, 1.28]`` then within 2.5 % of the best). Each frame is an exact transformation
+    of ``q(y)``, so the bound stays exact and, the frame as it is being a candidate, never drops.
+    Returns ``(stats, component ELBO terms (B, K'))``, the terms including the entropy change. The
+    choice is per component because the ELBO is a sum of per-component terms, the weights' term
+    (counts only) and the entropy, so a merge candidate scored alone (:mod:`dpmodels.infer.merge`,
+    which does not search the scale) is scored as it will be applied. Only components holding a
+    point or more are searched (an empty one has no factors to transform). Other covariance types:
+    ``stats`` unchanged."""
     terms = component_elbo_terms(stats, component_update(stats, base), base)
     if base.covariance != "lowrank":
         return stats, terms
-    s1, s2, gain = whiten_factor_stats(stats.count, stats.s1, stats.s2)
-    white = Stats(stats.count, s1, s2, stats.entropy)
-    white_terms = component_elbo_terms(white, component_update(white, base), base) + gain
-    use = white_terms > terms  # (B, K')
-    out = Stats(
-        stats.count,
-        torch.where(use[..., None, None], s1, stats.s1),
-        torch.where(use[..., None], s2, stats.s2),
-        stats.entropy + torch.where(use, gain, torch.zeros_like(gain)).sum(-1),
+    cols = (stats.count >= 1.0).any(0).nonzero().flatten()  # components some fit uses
+    sub = Stats(*(t[:, cols] for t in (stats.count, stats.s1, stats.s2)), stats.entropy)
+    sub_terms = terms[:, cols]
+    best = (sub.s1, sub.s2, torch.zeros_like(sub_terms))
+    s1, s2, gain = whiten_factor_stats(sub.count, sub.s1, sub.s2)
+    best, sub_terms = _better_frame(
+        best, sub_terms, (s1, s2, gain), _frame_terms(sub.count, s1, s2, base) + gain
     )
-    return out, torch.maximum(terms, white_terms)
+    if search_scale and len(cols):
+        log_a = torch.zeros_like(sub_terms)
+        for half_width in (0.25, 0.025):  # coarse, then fine around the best scale
+            offsets = torch.linspace(-half_width, half_width, 11, dtype=terms.dtype, device=terms.device)
+            cand_log_a = log_a.unsqueeze(-1) + offsets  # (B, K'', G)
+            G = cand_log_a.shape[-1]
+            rep = [t.repeat_interleave(G, 1) for t in (sub.count, sub.s1, sub.s2)]  # (B, K'' G, ...)
+            c1, c2, c_gain = scale_factor_stats(*rep, cand_log_a.flatten(1).exp())
+            cand_terms = (_frame_terms(rep[0], c1, c2, base) + c_gain).reshape(cand_log_a.shape)
+            log_a = torch.gather(cand_log_a, 2, cand_terms.argmax(-1, keepdim=True)).squeeze(-1)
+        s1, s2, gain = scale_factor_stats(sub.count, sub.s1, sub.s2, log_a.exp())
+        cand = (s1, s2, gain)
+        best, sub_terms = _better_frame(best, sub_terms, cand, _frame_terms(sub.count, s1, s2, base) + gain)
+    s1, s2, gain = stats.s1.clone(), stats.s2.clone(), torch.zeros_like(terms)
+    s1[:, cols], s2[:, cols], gain[:, cols] = best
+    terms = terms.clone()
+    terms[:, cols] = sub_terms
+    return Stats(stats.count, s1, s2, stats.entropy + gain.sum(-1)), terms
+
+
+def _frame_terms(count: Tensor, s1: Tensor, s2: Tensor, base: BaseMeasure) -> Tensor:
+    stats = Stats(count, s1, s2, count.new_zeros(count.shape[0]))
+    return component_elbo_terms(stats, component_update(stats, base), base)
+
+
+def _better_frame(best: tuple, best_terms: Tensor, cand: tuple, cand_terms: Tensor) -> tuple:
+    """Per component, the candidate frame ``(s1, s2, entropy change)`` where its terms are higher."""
+    use = cand_terms > best_terms  # (B, K')
+    frame = tuple(
+        torch.where(use.reshape(use.shape + (1,) * (a.dim() - 2)), c, a)
+        for a, c in zip(best, cand, strict=True)
+    )
+    return frame, torch.maximum(best_terms, cand_terms)

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .quadratic import _distinct_components
+
 __all__ = [
     "LowRankPlan",
     "lowrank_plan",
@@ -86,10 +88,14 @@ def lowrank_expected_log_det_precision(params) -> Tensor:
 class LowRankPlan:
     """Per-component factors of an E-step, built once per pass (:func:`lowrank_plan`).
 
-    ``lam (B, K, D)`` = ``E[lambda]``; ``lam_w (B, K, D, r)`` = ``E[lambda] E[W]``; ``lam_mu (B, K, D)``;
-    ``m_y1 (B, K, r)`` = the factor/mean block of ``E[w~^T Lambda w~]``; ``p_inv (B, K, r, r)`` =
-    ``P_k^-1``, the factors' posterior covariance; ``const (B, K)``: every term of ``log rho_nk`` that does not depend
-    on the point; ``log_det_p (B, K)``."""
+    Per component ``(B, K, ...)``: ``m_y1 (B, K, r)`` = the factor/mean block of
+    ``E[w~^T Lambda w~]``; ``p_inv (B, K, r, r)`` = ``P_k^-1``, the factors' posterior covariance;
+    ``const (B, K)``: every term of ``log rho_nk`` that does not depend on the point;
+    ``log_det_p (B, K)``. Components with exactly equal parameters within a fit (every empty one sits
+    at the prior) are evaluated once: ``unique (U,)`` and ``index (B, K)`` as in
+    :mod:`dpmodels.models.quadratic`, and the operands of the point-sized products are kept for the
+    distinct components only: ``lam (B, U, D)`` = ``E[lambda]``, ``lam_w (B, U, D, r)`` =
+    ``E[lambda] E[W]``, ``lam_mu (B, U, D)``."""
 
     lam: Tensor
     lam_w: Tensor
@@ -98,27 +104,46 @@ class LowRankPlan:
     p_inv: Tensor
     const: Tensor
     log_det_p: Tensor
+    unique: Tensor
+    index: Tensor
     form: str = "lowrank"
 
     @property
     def rank(self) -> int:
         return self.lam_w.shape[-1]
 
+    def distinct(self, t: Tensor) -> Tensor:
+        """A per-component tensor ``(B, K, ...)`` at the distinct components ``(B, U, ...)``."""
+        return t[:, self.unique]
+
+    def expand(self, t: Tensor, dim: int) -> Tensor:
+        """A tensor over the distinct components (axis ``dim``, ``U``) over all ``K`` of every fit."""
+        B, K = self.index.shape
+        shape, sizes = [1] * t.dim(), list(t.shape)
+        shape[0], shape[dim] = B, K
+        sizes[dim] = K
+        return torch.gather(t, dim, self.index.reshape(shape).expand(sizes))
+
+    def factors_distinct(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`factors` for the distinct components only: ``(B, n, U)`` and ``(B, U, r, n)``."""
+        B, n, D = x.shape
+        U, r = self.lam.shape[1], self.rank
+        quad = (x * x) @ self.lam.transpose(1, 2)  # (B, n, U)
+        lin = x @ self.lam_mu.transpose(1, 2)  # (B, n, U)
+        h = (x @ self.lam_w.permute(0, 2, 1, 3).reshape(B, D, U * r)).reshape(B, n, U, r)
+        h = h.permute(0, 2, 3, 1) - self.distinct(self.m_y1).unsqueeze(-1)  # (B, U, r, n)
+        ey = self.distinct(self.p_inv) @ h  # P^-1 h; r is small: a product, not r x r solves per point
+        const = self.distinct(self.const).unsqueeze(1)
+        return const - 0.5 * quad + lin + 0.5 * (h * ey).sum(2).transpose(1, 2), ey
+
     def factors(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``E[log p(x_n | z_n = k)]`` integrated over the factors, ``(B, n, K)``, and the factors'
         means ``E[y_n | z_n = k]`` ``(B, K, r, n)`` for ``x (B, n, D)`` (centred like the plan)."""
-        B, n, D = x.shape
-        K, r = self.lam.shape[1], self.rank
-        quad = (x * x) @ self.lam.transpose(1, 2)  # (B, n, K)
-        lin = x @ self.lam_mu.transpose(1, 2)  # (B, n, K)
-        h = (x @ self.lam_w.permute(0, 2, 1, 3).reshape(B, D, K * r)).reshape(B, n, K, r)
-        h = h.permute(0, 2, 3, 1) - self.m_y1.unsqueeze(-1)  # (B, K, r, n)
-        ey = self.p_inv @ h  # P^-1 h  (B, K, r, n); r is small: a product, not r x r solves per point
-        loglik = self.const.unsqueeze(1) - 0.5 * quad + lin + 0.5 * (h * ey).sum(2).transpose(1, 2)
-        return loglik, ey
+        loglik, ey = self.factors_distinct(x)
+        return self.expand(loglik, 2), self.expand(ey, 1)
 
     def expected_log_likelihood(self, x: Tensor) -> Tensor:
-        return self.factors(x)[0]
+        return self.expand(self.factors_distinct(x)[0], 2)
 
 
 def lowrank_plan(params, dtype: torch.dtype | None = None) -> LowRankPlan:
@@ -140,16 +165,18 @@ def lowrank_plan(params, dtype: torch.dtype | None = None) -> LowRankPlan:
         - 0.5 * big_m[..., r, r]
         - 0.5 * log_det_p
     )
-    out = LowRankPlan(
-        lam=lam,
-        lam_w=lam.unsqueeze(-1) * p.loadings,
-        lam_mu=lam * p.mean,
-        m_y1=big_m[..., :r, r],
-        p_inv=_sym(torch.cholesky_inverse(chol_p)),
-        const=const,
-        log_det_p=log_det_p,
-    )
-    return LowRankPlan(*(getattr(out, f).to(dtype) for f in LowRankPlan.__dataclass_fields__ if f != "form"))
+    unique, index = _distinct_components([p.mean, p.dof, p.scale, p.loadings, p.factor_precision])
+    unique, index = unique.to(lam.device), index.to(lam.device)
+    per = {
+        "lam": lam[:, unique],
+        "lam_w": (lam.unsqueeze(-1) * p.loadings)[:, unique],
+        "lam_mu": (lam * p.mean)[:, unique],
+        "m_y1": big_m[..., :r, r],
+        "p_inv": _sym(torch.cholesky_inverse(chol_p)),
+        "const": const,
+        "log_det_p": log_det_p,
+    }
+    return LowRankPlan(**{k: v.to(dtype) for k, v in per.items()}, unique=unique, index=index)
 
 
 def pack_stats(sxy: Tensor, sxx: Tensor, syy: Tensor) -> tuple[Tensor, Tensor]:
@@ -175,26 +202,48 @@ def prior_row_precision(base, rank: int | None = None) -> Tensor:
     return torch.diag_embed(diag)
 
 
-def factor_statistics(plan: LowRankPlan, x: Tensor, r_nk: Tensor, ey: Tensor):
+def factor_statistics(plan: LowRankPlan, x: Tensor, r_nk: Tensor, ey: Tensor, e_log_pi: Tensor | None = None):
     """``(count, S_xy, S_xx, S_yy, factor entropy)`` of a centred chunk ``x (B, n, D)`` under
-    responsibilities ``r_nk (B, n, K)`` and factor means ``ey (B, K, r, n)``, in float64."""
+    responsibilities ``r_nk (B, n, K)``, in float64.
+
+    ``ey``: the factor means, ``(B, K, r, n)``, or ``(B, U, r, n)`` for the plan's distinct
+    components together with ``e_log_pi (B, K)``. Components that share parameters share their
+    factors and their log-likelihood, so their responsibilities are proportional to
+    ``exp(E[log pi_k])`` at every point: their statistics are computed once, from the summed
+    responsibilities, and shared in those proportions (``n U D r`` operations instead of
+    ``n K D r``)."""
     B, n, D = x.shape
     K, r = r_nk.shape[-1], plan.rank
-    rT = r_nk.transpose(1, 2)  # (B, K, n)
-    rey = ey * rT.unsqueeze(2)  # (B, K, r, n)
+    grouped = ey.shape[1] != K or e_log_pi is not None
+    if grouped:
+        U = ey.shape[1]
+        r_nk = torch.zeros(B, n, U, dtype=r_nk.dtype, device=r_nk.device).scatter_add_(
+            2, plan.index.unsqueeze(1).expand(B, n, K), r_nk
+        )  # (B, n, U): summed over the components of each group
+    rT = r_nk.transpose(1, 2)  # (B, G, n)
+    G = rT.shape[1]
+    rey = ey * rT.unsqueeze(2)  # (B, G, r, n)
     count = rT.sum(-1).double()
-    s_x = (rT @ x).double()  # (B, K, D)
+    s_x = (rT @ x).double()  # (B, G, D)
     s_xx = (rT @ (x * x)).double()
-    s_xy = (rey.reshape(B, K * r, n) @ x).reshape(B, K, r, D).transpose(-1, -2).double()  # (B, K, D, r)
-    s_y = rey.sum(-1).double()  # (B, K, r)
-    s_yy = count[..., None, None] * plan.p_inv.double() + (rey @ ey.transpose(-1, -2)).double()
+    s_xy = (rey.reshape(B, G * r, n) @ x).reshape(B, G, r, D).transpose(-1, -2).double()  # (B, G, D, r)
+    s_y = rey.sum(-1).double()  # (B, G, r)
+    p_inv = plan.distinct(plan.p_inv) if grouped else plan.p_inv
+    s_yy = count[..., None, None] * p_inv.double() + (rey @ ey.transpose(-1, -2)).double()
     q = r + 1
-    syy = torch.zeros(B, K, q, q, dtype=torch.float64, device=x.device)
+    syy = torch.zeros(B, G, q, q, dtype=torch.float64, device=x.device)
     syy[..., :r, :r] = s_yy
     syy[..., :r, r] = s_y
     syy[..., r, :r] = s_y
     syy[..., r, r] = count
     sxy = torch.cat([s_xy, s_x.unsqueeze(-1)], -1)
+    if grouped:  # share each group's statistics among its components
+        w = torch.exp((e_log_pi - e_log_pi.amax(-1, keepdim=True)).double())  # (B, K)
+        total = torch.zeros(B, G, dtype=torch.float64, device=x.device).scatter_add_(1, plan.index, w)
+        share = w / torch.gather(total, 1, plan.index)  # (B, K)
+        count, sxy, s_xx, syy = (
+            plan.expand(t, 1) * share.reshape((B, K) + (1,) * (t.dim() - 2)) for t in (count, sxy, s_xx, syy)
+        )
     h_y = 0.5 * r * (1.0 + LOG_2PI) - 0.5 * plan.log_det_p.double()  # entropy of q(y | k)  (B, K)
     return count, sxy, s_xx, syy, (count * h_y).sum(-1)
 
@@ -303,6 +352,20 @@ def lowrank_log_predictive(params, x: Tensor) -> Tensor:
     return -0.5 * (D * LOG_2PI + log_det.unsqueeze(1) + quad)
 
 
+def _principal_scores(xc: Tensor, rank: int) -> Tensor:
+    """Unit-variance scores of centred points ``xc (n, D)`` on their ``min(rank, n)`` leading
+    principal axes, from the eigenvectors of the smaller of the Gram ``(n, n)`` and scatter
+    ``(D, D)`` matrices (deterministic; an SVD of a wide block is several times slower)."""
+    n, D = xc.shape
+    m = min(rank, n)
+    if n <= D:
+        _, u = torch.linalg.eigh(xc @ xc.T)  # ascending
+        return u[:, -m:].flip(-1) * math.sqrt(n)
+    vals, v = torch.linalg.eigh(xc.T @ xc)
+    v, vals = v[:, -m:].flip(-1), vals[-m:].flip(-1)
+    return (xc @ v) / torch.sqrt(vals.clamp_min(1e-300) / n)
+
+
 def initial_lowrank_stats(x: Tensor, count: Tensor, s1: Tensor, rank: int, scale: float) -> tuple:
     """Statistics of a hard clustering of the centred subsample ``x (B, n, D)`` for low-rank
     components, ``(count, s1, s2, entropy)`` scaled by ``scale`` (points represented per subsample
@@ -325,9 +388,7 @@ def initial_lowrank_stats(x: Tensor, count: Tensor, s1: Tensor, rank: int, scale
             n_k = xk.shape[0]
             y = xk.new_zeros(n_k, rank)
             if n_k > 1:
-                u, _, _ = torch.linalg.svd(xk - xk.mean(0), full_matrices=False)
-                m = min(rank, u.shape[1])
-                y[:, :m] = u[:, :m] * math.sqrt(n_k)  # unit-variance scores
+                y[:, : min(rank, n_k)] = _principal_scores(xk - xk.mean(0), rank)
             yt = torch.cat([y, y.new_ones(n_k, 1)], -1)  # (n_k, q)
             counts[b, k] = n_k
             sxy[b, k] = xk.T @ yt
@@ -352,12 +413,13 @@ def lowrank_draws(params, S: tuple) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def pair_factor_statistics(
-    x: Tensor, r_nk: Tensor, ey: Tensor, pairs: Tensor
+    x: Tensor, r_nk: Tensor, ey: Tensor, pairs: Tensor, index: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """For each merge candidate ``(j, k)`` of ``pairs (B, P, 2)``: the factor statistics of ``k``'s
     points in ``j``'s factor coordinates, ``sum_n r_nk x_n E_j[y_n]^T`` ``(B, P, D, r)``,
     ``sum_n r_nk E_j[y_n]`` ``(B, P, r)`` and ``sum_n r_nk E_j[y_n] E_j[y_n]^T`` ``(B, P, r, r)``
-    (float64), for a chunk ``x (B, n, D)`` with ``r_nk (B, n, K)`` and ``ey (B, K, r, n)``.
+    (float64), for a chunk ``x (B, n, D)`` with ``r_nk (B, n, K)`` and ``ey (B, K, r, n)`` (or
+    ``(B, U, r, n)`` for distinct components, with ``index (B, K)`` of the plan).
 
     Two components fitted to the halves of one cluster have factors in unrelated coordinates
     (rotated, flipped), so their statistics cannot simply be added; re-expressing ``k``'s points in
@@ -366,6 +428,8 @@ def pair_factor_statistics(
     r = ey.shape[2]
     P = pairs.shape[1]
     j, k = pairs[..., 0], pairs[..., 1]
+    if index is not None:
+        j = torch.gather(index, 1, j)  # the distinct component of j
     r_k = torch.gather(r_nk, 2, k.unsqueeze(1).expand(B, n, P)).transpose(1, 2)  # (B, P, n)
     ey_j = torch.gather(ey, 1, j[..., None, None].expand(B, P, r, n))  # (B, P, r, n)
     rey = ey_j * r_k.unsqueeze(2)
@@ -434,3 +498,16 @@ def whiten_factor_stats(count: Tensor, s1: Tensor, s2: Tensor, min_count: float 
     new_s1, new_s2 = pack_stats(sxy @ t.transpose(-1, -2), sxx, _sym(t @ syy @ t.transpose(-1, -2)))
     gain = torch.where(ok, -0.5 * count * _chol_logdet(chol), torch.zeros_like(count))  # N log |R|
     return new_s1, new_s2, gain
+
+
+def scale_factor_stats(count: Tensor, s1: Tensor, s2: Tensor, scale: Tensor) -> tuple:
+    """Every component's factors multiplied by ``scale (B, K)``: ``y' = a y``, another Gaussian
+    ``q(y)``, so the statistics stay exact. Returns ``(s1, s2, entropy change N_k r log a_k (B, K))``.
+    The scale that VB finds for the factors (against the loadings, which absorb ``1 / a``) is a
+    slow direction of coordinate ascent; a search over it in the M-step moves along it at once."""
+    sxy, sxx, syy = unpack_stats(s1, s2)
+    r = sxy.shape[-1] - 1
+    t = torch.ones_like(syy[..., 0])  # (B, K, q)
+    t[..., :r] = scale.unsqueeze(-1)
+    new_s1, new_s2 = pack_stats(sxy * t.unsqueeze(-2), sxx, syy * t.unsqueeze(-1) * t.unsqueeze(-2))
+    return new_s1, new_s2, count * r * torch.log(scale)
