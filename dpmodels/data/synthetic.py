@@ -15,8 +15,10 @@ class PlantedMixture:
 
     Centres are drawn until every pair is at least ``separation`` within-cluster standard
     deviations apart (so the truth is recoverable); weights are unequal (largest about
-    ``imbalance`` times the smallest); covariances are random rotations and scalings (``"full"``)
-    or axis-aligned (``"diag"``). Everything is determined by ``seed``.
+    ``imbalance`` times the smallest); covariances are random rotations and scalings (``"full"``),
+    axis-aligned (``"diag"``), or factor analysers (``"lowrank"``: ``W W^T + diag(s^2)`` with
+    ``rank`` standard-normal loadings per feature, so features are strongly correlated within a
+    cluster). Everything is determined by ``seed``.
     """
 
     n_clusters: int
@@ -25,12 +27,15 @@ class PlantedMixture:
     separation: float = 6.0
     imbalance: float = 3.0
     seed: int = 0
+    rank: int = 16
 
     def __post_init__(self) -> None:
         if self.n_clusters < 1 or self.n_features < 1:
             raise ValueError("n_clusters and n_features must be >= 1.")
-        if self.covariance not in ("full", "diag"):
-            raise ValueError(f"covariance must be 'full' or 'diag', got {self.covariance!r}.")
+        if self.covariance not in ("full", "diag", "lowrank"):
+            raise ValueError(f"covariance must be 'full', 'diag' or 'lowrank', got {self.covariance!r}.")
+        if self.covariance == "lowrank" and not 1 <= self.rank < self.n_features:
+            raise ValueError(f"rank must lie in [1, n_features) = [1, {self.n_features}), got {self.rank}.")
         rng = np.random.default_rng(self.seed)
         K, D = self.n_clusters, self.n_features
         raw = np.linspace(1.0, self.imbalance, K)
@@ -39,10 +44,17 @@ class PlantedMixture:
         if self.covariance == "full":
             rot = np.stack([np.linalg.qr(rng.normal(size=(D, D)))[0] for _ in range(K)])
             self.chol = rot * scales[:, None, :]  # (K, D, D): x = mu + chol @ eps
+        elif self.covariance == "lowrank":
+            loadings = rng.normal(size=(K, D, self.rank))
+            cov = loadings @ loadings.transpose(0, 2, 1) + np.stack([np.diag(s**2) for s in scales])
+            self.chol = np.linalg.cholesky(cov)
         else:
             self.chol = np.stack([np.diag(s) for s in scales])
         self.covariances = self.chol @ self.chol.transpose(0, 2, 1)
-        self.means = self._centres(rng, K, D, max_sd=scales.max())
+        largest_sd = np.sqrt(np.linalg.eigvalsh(self.covariances)[:, -1].max())
+        self.means = self._centres(
+            rng, K, D, max_sd=scales.max() if self.covariance != "lowrank" else largest_sd
+        )
 
     def _centres(self, rng: np.random.Generator, K: int, D: int, max_sd: float) -> np.ndarray:
         need = self.separation * max_sd

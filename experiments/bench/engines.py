@@ -144,8 +144,9 @@ class ExtractionSettings:
 @dataclass
 class WidthSettings:
     """The width benchmark (``experiments/bench/width.py``): planted clusters at every width in
-    ``dims`` and covariance type in ``covariances`` (``diag``, ``full``), on Gaussian clusters and
-    on ReLU-clipped ones (``data``), dpmodels against scikit-learn's ``BayesianGaussianMixture``
+    ``dims`` and covariance type in ``covariances`` (``diag``, ``lowrank`` with ``rank`` factors,
+    ``full``), on Gaussian clusters, on ReLU-clipped ones and on factor-analyser clusters of rank
+    ``rank`` (``data``), dpmodels against scikit-learn's ``BayesianGaussianMixture``
     (capped at ``sklearn_cap_s`` seconds of wall time, reported as ``> cap``). ``n_points`` training
     points (``full_n_points`` overrides it per width for full covariance, keys are widths), a
     held-out set of ``heldout_points``, ``n_clusters`` planted and ``truncation`` fitted
@@ -154,8 +155,9 @@ class WidthSettings:
     enabled: bool = False
     quick: bool = False
     dims: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
-    covariances: list[str] = field(default_factory=lambda: ["diag", "full"])
-    data: list[str] = field(default_factory=lambda: ["gaussian", "relu"])
+    covariances: list[str] = field(default_factory=lambda: ["diag", "lowrank", "full"])
+    data: list[str] = field(default_factory=lambda: ["gaussian", "relu", "factor"])
+    rank: int = 16
     n_points: int = 50_000
     full_n_points: dict[str, int] = field(default_factory=lambda: {"64": 20_000})
     heldout_points: int = 10_000

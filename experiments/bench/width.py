@@ -3,11 +3,14 @@
     python -m experiments.benchmark preset=width                  # D = 32..512, N = 50 000 (long)
     python -m experiments.benchmark preset=width width.quick=true # seconds, for tests
 
-For every planted data kind (``gaussian``: Gaussian clusters; ``relu``: the same clusters clipped at
-zero, like ReLU activations), width ``D`` and covariance type, it draws ``N`` training and a
+For every planted data kind (``gaussian``: Gaussian clusters of the fitted covariance type;
+``relu``: the same clusters clipped at zero, like ReLU activations; ``factor``: factor-analyser
+clusters of rank ``width.rank`` whatever the fitted type, so that diagonal, low-rank and full fits
+meet the same correlated data), width ``D`` and covariance type, it draws ``N`` training and a
 held-out set from a :class:`~dpmodels.data.PlantedMixture` and fits :class:`dpmodels.DPGMM` and
 scikit-learn's ``BayesianGaussianMixture`` (Dirichlet-process prior, k-means init, same truncation,
-same thread count). Each fit runs in a fresh child process (spawned, so both sides start alike),
+same thread count; scikit-learn has no low-rank type, so ``lowrank`` rows have no scikit-learn
+row; ``DPGMM(covariance="lowrank", rank=width.rank)``). Each fit runs in a fresh child process (spawned, so both sides start alike),
 which reports its wall time (fitting only), its peak resident memory above the level before the fit
 (``peak_mib``), the held-out log-likelihood (nats per point), the ARI of the training labels and
 ``K̂`` (components holding more than 1% of the weight). scikit-learn stops at ``sklearn_cap_s``
@@ -41,12 +44,22 @@ WIDTH_FIELDS = tuple(
     "k_hat converged speedup_vs_sklearn speedup_lower_bound error".split()
 )
 ACTIVE_SHARE = 0.01
-DATA_KINDS = ("gaussian", "relu")
-QUICK = {"dims": [8, 16], "n_points": 3000, "heldout_points": 500, "n_clusters": 4, "truncation": 10}
+DATA_KINDS = ("gaussian", "relu", "factor")
+COVARIANCES = ("diag", "lowrank", "full")
+QUICK = {
+    "dims": [8, 16],
+    "n_points": 3000,
+    "heldout_points": 500,
+    "n_clusters": 4,
+    "truncation": 10,
+    "rank": 2,
+}
 
 
 def _effective(w: WidthSettings) -> dict:
-    cfg = {k: getattr(w, k) for k in ("dims", "n_points", "heldout_points", "n_clusters", "truncation")}
+    cfg = {
+        k: getattr(w, k) for k in ("dims", "n_points", "heldout_points", "n_clusters", "truncation", "rank")
+    }
     if w.quick:  # small sizes; the widths too unless chosen
         dims = cfg["dims"]
         cfg.update(QUICK)
@@ -57,12 +70,20 @@ def _effective(w: WidthSettings) -> dict:
 
 def plan_cases(w: WidthSettings) -> list[dict]:
     """The ``(data, D, covariance, N)`` grid of a run, in order."""
-    bad = [c for c in w.covariances if c not in ("diag", "full")] + [d for d in w.data if d not in DATA_KINDS]
+    bad = [c for c in w.covariances if c not in COVARIANCES] + [d for d in w.data if d not in DATA_KINDS]
     if bad:
         raise ValueError(
-            f"width: covariances must come from ('diag', 'full') and data from {DATA_KINDS}, got {bad}."
+            f"width: covariances must come from {COVARIANCES} and data from {DATA_KINDS}, got {bad}."
         )
     cfg = _effective(w)
+    small = [
+        D for D in cfg["dims"] if ("lowrank" in w.covariances or "factor" in w.data) and D <= cfg["rank"]
+    ]
+    if small:
+        raise ValueError(
+            f"width: lowrank fits and factor data need every width above width.rank={cfg['rank']}, "
+            f"got dims {small}; lower width.rank or drop those widths."
+        )
     cases = []
     for data in w.data:
         for D in cfg["dims"]:
@@ -76,7 +97,8 @@ def plan_cases(w: WidthSettings) -> list[dict]:
 
 def _draw(case: dict, cfg: dict, seed: int) -> dict:
     """Training and held-out points of one case (float64), labels and the true held-out density."""
-    mixture = PlantedMixture(cfg["n_clusters"], case["D"], covariance=case["covariance"], seed=seed)
+    planted = "lowrank" if case["data"] == "factor" else case["covariance"]
+    mixture = PlantedMixture(cfg["n_clusters"], case["D"], covariance=planted, seed=seed, rank=cfg["rank"])
     X, y = mixture.sample(case["N"], seed=seed + 1)
     X_test, _ = mixture.sample(cfg["heldout_points"], seed=seed + 2)
     true_ll = None
@@ -121,7 +143,8 @@ def _fit_dpmodels(job: dict, X, X_test, sampler_cls) -> dict:
     if job["threads"] is not None:
         torch.set_num_threads(int(job["threads"]))
     x = torch.as_tensor(X, dtype=torch.float32)
-    model = DPGMM(truncation=job["truncation"], covariance=job["covariance"], seed=job["seed"])
+    rank = job["rank"] if job["covariance"] == "lowrank" else None
+    model = DPGMM(truncation=job["truncation"], covariance=job["covariance"], rank=rank, seed=job["seed"])
     with warnings.catch_warnings(), sampler_cls() as sampler:
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", DegenerateDataWarning)  # clipped data may hold constant channels
@@ -213,10 +236,11 @@ def run(
                 **paths,
                 "covariance": case["covariance"],
                 "truncation": cfg["truncation"],
+                "rank": cfg["rank"],
                 "seed": w.seed,
                 "threads": settings.threads,
             }
-            methods = ["dpmodels"] + (["sklearn"] if w.sklearn else [])
+            methods = ["dpmodels"] + (["sklearn"] if w.sklearn and case["covariance"] != "lowrank" else [])
             case_rows = []
             for method in methods:
                 res = _run_child({**job, "method": method}, cap if method == "sklearn" else None)
@@ -247,7 +271,7 @@ def run(
 
 
 def _line(row: dict) -> str:
-    head = f"[width] {row['data']:<8} D={row['D']:<4} {row['covariance']:<4} N={row['N']} {row['method']:<8}"
+    head = f"[width] {row['data']:<8} D={row['D']:<4} {row['covariance']:<7} N={row['N']} {row['method']:<8}"
     if row["error"]:
         return f"{head} FAILED: {row['error']}"
     if row["capped"]:

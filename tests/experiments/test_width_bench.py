@@ -26,12 +26,15 @@ def test_width_preset_covers_the_issue_grid():
     w = settings.width
     assert w.enabled and w.dims == [32, 64, 128, 256, 512] and w.truncation == 50 and w.n_clusters == 10
     cases = plan_cases(w)
-    assert {c["data"] for c in cases} == {"gaussian", "relu"} and len(cases) == 2 * 5 * 2
+    assert {c["data"] for c in cases} == {"gaussian", "relu", "factor"} and len(cases) == 3 * 5 * 3
+    assert {c["covariance"] for c in cases} == {"diag", "lowrank", "full"} and w.rank == 16
     full64 = [c for c in cases if c["covariance"] == "full" and c["D"] == 64]
     assert all(c["N"] == 20_000 for c in full64)
     assert all(c["N"] == 50_000 for c in cases if c["D"] == 128)
     with pytest.raises(ValueError, match="covariances must come from"):
         plan_cases(compose_width(["width.covariances=[tied]"]).width)
+    with pytest.raises(ValueError, match="width.rank=16"):
+        plan_cases(compose_width(["width.dims=[8,32]"]).width)
 
 
 @pytest.mark.slow  # a quick width benchmark run, ~1 min
@@ -43,17 +46,20 @@ def test_quick_width_run_writes_one_table(tmp_path):
                 "preset=width",
                 "width.quick=true",
                 "width.dims=[6]",
-                "width.data=[gaussian]",
+                "width.data=[gaussian,factor]",
                 "threads=1",
             ],
         )
     rows = run(cfg, tmp_path)
-    assert [(r["covariance"], r["method"]) for r in rows] == [
+    per_data = [
         ("diag", "dpmodels"),
         ("diag", "sklearn"),
+        ("lowrank", "dpmodels"),
         ("full", "dpmodels"),
         ("full", "sklearn"),
     ]
+    assert [(r["covariance"], r["method"]) for r in rows] == per_data * 2
+    assert [r["data"] for r in rows] == ["gaussian"] * 5 + ["factor"] * 5
     for row in rows:
         assert row["error"] is None, row["error"]
         assert row["capped"] or (row["wall_seconds"] > 0 and 0.0 <= row["ari"] <= 1.0 and row["k_hat"] >= 1)
