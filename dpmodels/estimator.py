@@ -286,12 +286,14 @@ class DPGMM:
             finally:
                 del points
 
+    def _resolved_rank(self, num_features: int):
+        """``rank``, or ``min(16, D - 1)`` when it is ``None`` (low-rank components)."""
+        return max(1, min(16, num_features - 1)) if self.rank is None else self.rank
+
     def _base_measure(self, source, scaling, group):
         """The empirical base measure of the standardised ``source`` with this estimator's overrides."""
         D = source.shape[-1]
-        rank = self.rank
-        if self.covariance == "lowrank" and rank is None:
-            rank = max(1, min(16, D - 1))
+        rank = self._resolved_rank(D) if self.covariance == "lowrank" else None
         return empirical_base_measure(
             source,
             self.covariance,
@@ -315,6 +317,7 @@ class DPGMM:
             batch_size=self.batch_size,
             merge=self.engine == "natural",
             data_in_memory=in_memory,
+            rank=self._resolved_rank(D) if self.covariance == "lowrank" else 0,
         )
         check_memory(
             needed,

@@ -213,7 +213,7 @@ class MixturePosterior:
             if p.covariance == "full":
                 prec, cov, means, tril = _normal_wishart_draws(p, S, dtype)
             elif p.covariance == "lowrank":
-                prec, means, loadings = lowrank_draws(p, S)
+                prec, means, loadings = (t.to(dtype or p.mean.dtype) for t in lowrank_draws(p, S))
                 cov = 1.0 / prec
             else:
                 shape = 0.5 * p.dof.unsqueeze(-1).expand_as(p.scale)

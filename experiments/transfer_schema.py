@@ -74,7 +74,7 @@ class ScoreConf:
     pca_dim: int | None = 8
     heldout_fraction: float = 0.25  # of the source images, held out for scoring
     truncation: int = 20
-    covariance: str = "full"  # full | diag
+    covariance: str = "full"  # full | diag | lowrank (rank min(16, D - 1))
     min_points: int = 50  # target positions a layer needs to be scored
     novelty_quantile: float = 0.01
     n_boot: int = 2000  # bootstrap resamples of the Spearman interval

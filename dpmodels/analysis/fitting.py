@@ -260,7 +260,14 @@ def _check_memory(acts, groups, maps_draws, dpgmm_kwargs) -> None:
     for name, a in acts.items():
         K, cov = template.truncation, template.covariance
         check_memory(
-            estimate_maps_bytes(a.num_points, a.num_features, K, cov, maps_draws),
+            estimate_maps_bytes(
+                a.num_points,
+                a.num_features,
+                K,
+                cov,
+                maps_draws,
+                rank=template._resolved_rank(a.num_features) if cov == "lowrank" else 0,
+            ),
             f"the maps of layer {name!r} ({a.num_points} positions, truncation={K}, {maps_draws} draws)",
             "Lower truncation or the number of draws (infer.num_draws), or use covariance='diag'.",
             template._device,

@@ -28,8 +28,14 @@ class InsufficientMemoryError(ValueError, MemoryError):
     """A fit or its maps would need more memory than is available (raised before allocating)."""
 
 
-def _features(covariance: str, D: int) -> int:
-    return D * D if covariance == "full" else D
+def _features(covariance: str, D: int, rank: int = 0) -> int:
+    """Values per component and feature-sized temporaries: ``D^2`` (full), ``D (rank + 2)`` plus the
+    row precision (lowrank), ``D`` (diag)."""
+    if covariance == "full":
+        return D * D
+    if covariance == "lowrank":
+        return D * (rank + 2) + (rank + 1) ** 2
+    return D
 
 
 def estimate_fit_bytes(
@@ -44,10 +50,12 @@ def estimate_fit_bytes(
     merge: bool = True,
     itemsize: int = 4,
     data_in_memory: bool = True,
+    rank: int = 0,
 ) -> int:
     """Peak bytes of fitting ``B`` mixtures with truncation ``K`` to ``(N, D)`` points each
-    (``data_in_memory=False`` for points read from disk chunk by chunk)."""
-    Q = _features(covariance, D)
+    (``data_in_memory=False`` for points read from disk chunk by chunk; ``rank``: low-rank
+    components' number of factors)."""
+    Q = _features(covariance, D, rank)
     n = min(N, batch_size or N)
     chunk = min(n, chunk_size or max(256, 2**20 // max(1, B * max(K, Q))))
     data = 2 * B * N * D * itemsize if data_in_memory else 0  # the data and its standardised copy
@@ -67,9 +75,11 @@ def estimate_fit_bytes(
     return int(data + params + e_step + init + merges)
 
 
-def estimate_maps_bytes(N: int, D: int, K: int, covariance: str = "full", num_draws: int = 32) -> int:
+def estimate_maps_bytes(
+    N: int, D: int, K: int, covariance: str = "full", num_draws: int = 32, rank: int = 0
+) -> int:
     """Peak bytes of the maps of one layer (:func:`dpmodels.maps.layer_maps`) with ``num_draws`` draws."""
-    Q = _features(covariance, D)
+    Q = _features(covariance, D, rank)
     S = num_draws
     chunk = min(N, max(256, 2**21 // max(1, K * S)))
     draws = 3 * S * K * (Q + D + 2) * 8  # every draw's quadratic-form terms (float64)
