@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,3 +44,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def correlated_clusters(n: int = 150, seed: int = 0, features: int = 8, rank: int = 2) -> np.ndarray:
+    """Three separated clusters in ``features`` dimensions whose spread lies mostly along ``rank``
+    directions each (factor analysers: ``centre + W y + 0.3 noise``), float32 ``(3 n, features)``."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _ in range(3):
+        loadings = 1.5 * rng.normal(size=(features, rank))
+        centre = 8.0 * rng.normal(size=features)
+        parts.append(centre + rng.normal(size=(n, rank)) @ loadings.T + 0.3 * rng.normal(size=(n, features)))
+    return np.concatenate(parts).astype(np.float32)

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..priors import gamma_kl
 from .quadratic import _distinct_components
 
 __all__ = [
@@ -270,17 +271,6 @@ def lowrank_component_update(count: Tensor, s1: Tensor, s2: Tensor, base):
     }
 
 
-def _gamma_kl(a: Tensor, b: Tensor, a0: Tensor, b0: Tensor) -> Tensor:
-    """``KL(Gamma(a, b) || Gamma(a0, b0))`` (shape, rate)."""
-    return (
-        (a - a0) * torch.digamma(a)
-        - torch.lgamma(a)
-        + torch.lgamma(a0)
-        + a0 * (torch.log(b) - torch.log(b0))
-        + a * (b0 - b) / b
-    )
-
-
 def lowrank_kl_terms(params, base) -> Tensor:
     """``KL(q(W_k, mu_k, lambda_k) || prior)`` per component ``(B, K)``; ``base`` centred."""
     r, D = _rank(params), params.num_features
@@ -291,7 +281,7 @@ def lowrank_kl_terms(params, base) -> Tensor:
     m = _row_means(params)  # (B, K, D, q)
     lam = params.dof.unsqueeze(-1) / params.scale
     shape, shape0 = 0.5 * params.dof.unsqueeze(-1), 0.5 * base.dof[:, None, None]
-    kl_gamma = _gamma_kl(
+    kl_gamma = gamma_kl(
         shape.expand_as(params.scale), 0.5 * params.scale, shape0, 0.5 * base.scale.unsqueeze(1)
     )
     a0_diag = a0.diagonal(dim1=-2, dim2=-1)  # A0 is diagonal  (B, 1, q)

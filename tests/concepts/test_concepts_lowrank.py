@@ -12,23 +12,14 @@ from scipy.stats import multivariate_normal
 
 from dpmodels import DPGMM
 from dpmodels.concepts import bhattacharyya_overlap, draw_responsibilities, select_concepts
+from tests.conftest import correlated_clusters
 
 D, RANK = 8, 2
 
 
-def correlated_clusters(n: int = 150, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    parts = []
-    for _ in range(3):
-        loadings = 1.5 * rng.normal(size=(D, RANK))
-        centre = 8.0 * rng.normal(size=D)
-        parts.append(centre + rng.normal(size=(n, RANK)) @ loadings.T + 0.3 * rng.normal(size=(n, D)))
-    return np.concatenate(parts).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def fitted():
-    X = correlated_clusters()
+    X = correlated_clusters(150, 0, D, RANK)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a small fit: far faster on one thread than on two busy ones
     try:

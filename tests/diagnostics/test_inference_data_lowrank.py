@@ -25,23 +25,14 @@ from dpmodels.diagnostics import (
 from dpmodels.diagnostics._arviz import az
 from dpmodels.diagnostics.inference_data import estimate_bytes
 from dpmodels.priors import WeightPrior
+from tests.conftest import correlated_clusters
 
 D, RANK, K = 8, 2, 8
 
 
-def correlated_clusters(n: int = 150, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    parts = []
-    for _ in range(3):
-        loadings = 1.5 * rng.normal(size=(D, RANK))
-        centre = 8.0 * rng.normal(size=D)
-        parts.append(centre + rng.normal(size=(n, RANK)) @ loadings.T + 0.3 * rng.normal(size=(n, D)))
-    return np.concatenate(parts).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def fitted():
-    X = correlated_clusters()
+    X = correlated_clusters(150, 0, D, RANK)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small fits: far faster on one thread than on two busy ones
     try:

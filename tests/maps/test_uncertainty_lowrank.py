@@ -3,31 +3,20 @@ densities against the same draws' full covariances ``W W^T + diag(noise)``."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from dpmodels import DPGMM
 from dpmodels.maps import n_active_draws, point_uncertainty, uncertainty
 from dpmodels.maps.lowrank import lowrank_log_density, woodbury_factors
+from tests.conftest import correlated_clusters
 
 D, RANK = 8, 2
 
 
-def correlated_clusters(n: int = 200, seed: int = 0) -> np.ndarray:
-    """Three separated clusters in ``D = 8`` whose spread lies mostly along ``RANK`` directions."""
-    rng = np.random.default_rng(seed)
-    parts = []
-    for _ in range(3):
-        loadings = 1.5 * rng.normal(size=(D, RANK))
-        centre = 8.0 * rng.normal(size=D)
-        parts.append(centre + rng.normal(size=(n, RANK)) @ loadings.T + 0.3 * rng.normal(size=(n, D)))
-    return np.concatenate(parts).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def fitted():
-    X = correlated_clusters()
+    X = correlated_clusters(200, 0, D, RANK)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a small fit: 40x faster on one thread than on two busy ones
     try:
