@@ -40,7 +40,9 @@ def as_points(X, name: str = "X", dtype: torch.dtype = torch.float32, min_points
     if N < min_points:
         raise ValueError(f"{name} needs at least {min_points} points (rows), got {N}; pass more data.")
     t = t.to(dtype)
-    bad = ~torch.isfinite(t)
+    if bool(torch.isfinite(t.sum())):  # NaN and Inf always reach the sum: one reduction clears finite data
+        return t
+    bad = ~torch.isfinite(t)  # the sum is NaN or Inf: a value is, or finite values overflowed it
     if bool(bad.any()):
         rows = torch.nonzero(bad.any(1)).flatten()[:5].tolist()
         raise ValueError(

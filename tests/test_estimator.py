@@ -170,6 +170,19 @@ def test_bad_data_is_a_clear_error(X, match):
         DPGMM(truncation=5).fit(X)
 
 
+def test_finite_check_sees_through_sums_that_overflow_or_cancel():
+    """The finite check first sums the points (one reduction): finite values whose sum overflows must
+    still pass, and +Inf with -Inf (a NaN sum) must still be reported value by value."""
+    from dpmodels._validation import as_points
+
+    big = np.full((4, 2), 3e38, dtype=np.float32)  # finite, but the float32 sum is inf
+    assert as_points(big).shape == (4, 2)
+    both = GOOD.copy()
+    both[3, 1], both[4, 2] = np.inf, -np.inf
+    with pytest.raises(ValueError, match="2 NaN or Inf values"):
+        DPGMM(truncation=5).fit(both)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
