@@ -153,7 +153,8 @@ def _pair_candidate_elbos(
 def _best_m_step(stats: Stats, base: BaseMeasure, prior: WeightPrior, previous: VariationalParams):
     """M-step and exact ELBO of merged statistics (low-rank factors whitened where that helps,
     :func:`~dpmodels.infer.updates.best_factor_frame`, as the candidates were scored)."""
-    stats = best_factor_frame(stats, base, search_scale=False)[0]
+    if base.covariance == "lowrank":  # the other types have one frame: no extra component update
+        stats = best_factor_frame(stats, base, search_scale=False)[0]
     params = m_step(stats, base, prior, previous)
     return params, elbo_from_stats(stats, params, base, prior)
 

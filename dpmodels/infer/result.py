@@ -11,7 +11,7 @@ from ..models.dpgmm import ModelSpec
 from ..models.family import VariationalParams, expected_log_weights, quadratic_plan
 from ..models.lowrank import moved_stats
 from .merge import xlogx
-from .updates import Stats, e_step, lowrank_pass
+from .updates import Stats, e_step, lowrank_e_step
 
 __all__ = ["ConvergenceWarning", "FitResult", "full_pass", "reduce_stats", "auto_chunk_size"]
 
@@ -92,7 +92,7 @@ def full_pass(
             x = x[cpu_fits]
         x = x.to(device=device, dtype=dtype) - shift_c
         if lowrank:
-            stats, log_r, terms = lowrank_pass(params_c, x, e_log_pi, plan, pairs[:, cols])
+            stats, log_r, terms = lowrank_e_step(params_c, x, e_log_pi, plan, pairs[:, cols])
             pair_terms = (
                 terms if pair_terms is None else tuple(a + b for a, b in zip(pair_terms, terms, strict=True))
             )

@@ -51,7 +51,7 @@ __all__ = [
     "component_elbo_terms",
     "weight_elbo_terms",
     "select_fits",
-    "lowrank_pass",
+    "lowrank_e_step",
     "best_factor_frame",
 ]
 
@@ -122,12 +122,12 @@ def e_step(
     """
     plan = plan or quadratic_plan(params)
     if params.covariance == "lowrank":
-        return _lowrank_e_step(params, x, e_log_pi, plan)
+        return lowrank_e_step(params, x, e_log_pi, plan)
     log_r = assignment_log_probs(params, x, e_log_pi, plan)  # (B, n, K)
     return stats_from_responsibilities(log_r, x, plan.form), log_r
 
 
-def _lowrank_e_step(
+def lowrank_e_step(
     params: VariationalParams, x: Tensor, e_log_pi: Tensor | None, plan, pairs: Tensor | None = None
 ):
     """The E-step of low-rank components: responsibilities and the factors' posterior means come
@@ -160,12 +160,6 @@ def _lowrank_e_step(
 
 def _add_parts(total: tuple | None, part: tuple) -> tuple:
     return part if total is None else tuple(a + b for a, b in zip(total, part, strict=True))
-
-
-def lowrank_pass(params: VariationalParams, x: Tensor, e_log_pi: Tensor, plan, pairs: Tensor):
-    """:func:`e_step` of low-rank components with the merge candidates' factor statistics of the
-    chunk: ``(stats, log_r, pair_terms)`` (see :func:`~dpmodels.models.lowrank.moved_stats`)."""
-    return _lowrank_e_step(params, x, e_log_pi, plan, pairs)
 
 
 def stats_from_responsibilities(log_r: Tensor, x: Tensor, form: str) -> Stats:

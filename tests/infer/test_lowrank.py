@@ -195,7 +195,6 @@ def test_recovers_planted_factor_analysers_from_a_large_truncation(seed):
     in the kept component's coordinates and whitened factors it crawled for hundreds of iterations
     to a lower bound)."""
     X, y = planted_factor_analysers(seed)
-    X_test, _ = planted_factor_analysers(seed + 100)
     with pytest.warns(TruncationWarning):  # told the number of clusters: every component is used
         told = DPGMM(truncation=3, covariance="lowrank", rank=2, seed=seed).fit(X)
     model = DPGMM(truncation=12, covariance="lowrank", rank=2, seed=seed, max_iter=150).fit(X)
@@ -206,8 +205,8 @@ def test_recovers_planted_factor_analysers_from_a_large_truncation(seed):
 
 
 def test_lowrank_fits_correlated_clusters_better_than_diagonal():
-    X, _ = planted_factor_analysers(5)
-    X_test, _ = planted_factor_analysers(5)
+    points, _ = planted_factor_analysers(5, n=1600)  # rows come shuffled: two halves of one draw
+    X, X_test = points[:2400], points[2400:]
     low = DPGMM(truncation=10, covariance="lowrank", rank=2).fit(X)
     with pytest.warns(TruncationWarning):  # axis-aligned components cannot follow the factors: all used
         diag = DPGMM(truncation=10, covariance="diag").fit(X)
