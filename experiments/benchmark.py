@@ -4,6 +4,7 @@
     python -m experiments.benchmark preset=full_cov   # one of the presets in conf/preset/
     python -m experiments.benchmark preset=width      # D = 32..512 against scikit-learn (experiments/bench/width.py)
     python -m experiments.benchmark preset=scaling    # 1 and 2 data-parallel processes (experiments/bench/scaling.py)
+    python -m experiments.benchmark preset=contention # fits in 1 process vs 2 at once (experiments/bench/contention.py)
     python -m experiments.benchmark device=cuda 'cases=[{name:big,n_points:200000,methods:[natural]}]'
 
 Prints a table and writes ``benchmark.csv`` and ``benchmark.json`` into the Hydra run directory.
@@ -37,7 +38,11 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> list[dict]:
     if not isinstance(settings, BenchmarkSettings):
         raise TypeError(f"expected a config built on benchmark_schema, got {type(settings).__name__}.")
     if not (
-        settings.cases or settings.extraction.enabled or settings.width.enabled or settings.scaling.enabled
+        settings.cases
+        or settings.extraction.enabled
+        or settings.width.enabled
+        or settings.scaling.enabled
+        or settings.contention.enabled
     ):
         raise ValueError("no cases to run; choose a preset (preset=quick) or pass cases=[{name:...}].")
     if settings.extraction.enabled:
@@ -62,6 +67,12 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> list[dict]:
         scaling_rows = scaling.run(settings, output_dir)
         if not settings.cases:
             return scaling_rows
+    if settings.contention.enabled:
+        from experiments.bench import contention
+
+        contention_rows = contention.run(settings, output_dir)
+        if not settings.cases:
+            return contention_rows
     rows = run_benchmark(settings)
     print(format_table(rows))
     csv_path, json_path = write_results(rows, output_dir, settings)

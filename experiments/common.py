@@ -33,6 +33,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from dpmodels import threads as dpmodels_threads
 from dpmodels.io import MANIFEST, atomic_write_json, atomic_write_text, publish_directory
 
 try:
@@ -260,11 +261,7 @@ def check_config(cfg: DictConfig) -> None:
 _THREADS: dict = {}
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. a SLURM allocation)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+available_cores = dpmodels_threads.available_cores  # the cores this process may run on
 
 
 def parallel_jobs(cores: int | None = None) -> int:
@@ -295,7 +292,8 @@ def auto_threads() -> tuple[int, str]:
 
 
 def apply_threads(threads: int | None) -> int:
-    """Set torch's CPU threads: ``threads``, or the process's share of the cores when ``None``.
+    """Set torch's CPU threads: ``threads``, or the process's share of the cores when ``None``
+    (then every fit also shares them with the other processes fitting at the time: :mod:`dpmodels.threads`).
     Inter-op threads are set too where torch still allows it (once, before parallel work)."""
     import torch
 
@@ -303,6 +301,8 @@ def apply_threads(threads: int | None) -> int:
         raise ValueError(f"threads must be a positive number or null (automatic), got {threads}.")
     n, why = (int(threads), "threads") if threads is not None else auto_threads()
     torch.set_num_threads(n)
+    # fits take this count as it is when given, else share it with other fitting processes
+    dpmodels_threads.set_threads(n if threads is not None else None)
     if not _THREADS.get("interop_set"):
         _THREADS["interop_set"] = True
         with contextlib.suppress(RuntimeError):  # illegal once inter-op work has started

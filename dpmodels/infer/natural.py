@@ -23,6 +23,7 @@ from ..distributed import DataParallel, Shard
 from ..models.dpgmm import ModelSpec
 from ..models.family import VariationalParams
 from ..models.lowrank import initial_lowrank_stats
+from ..threads import fit_threads
 from .checkpoint import FitCheckpointer, FitCheckpointError, fingerprint, params_from_state, params_to_state
 from .init import initial_stats
 from .phases import EngineState, Tracker, full_batch_phase, minibatch_phase
@@ -158,6 +159,7 @@ def _warm_start(data, spec, generator, seed, opts, device, shard: Shard):
     return params, info
 
 
+@fit_threads()
 def fit_natural(
     data: Tensor,
     spec: ModelSpec,

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ..distributed import Shard
 from ..models.family import VariationalParams
+from ..threads import rebalance
 from .merge import candidate_pairs, try_merges
 from .result import full_pass, reduce_stats
 from .updates import Stats, best_factor_frame, e_step, elbo_from_stats, m_step, select_fits
@@ -106,6 +107,9 @@ class EngineState:
         )
 
     def update_bar(self, **postfix) -> None:
+        """After every step: the progress bar, and this process's share of the cores
+        (:func:`dpmodels.threads.rebalance`)."""
+        rebalance()
         if self.bar is not None:
             self.bar.update(1)
             if postfix:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..models.dpgmm import MAX_PLATE_NESTING, ModelSpec, dpgmm_model
 from ..models.family import VariationalParams
 from ..models.guide import dpgmm_guide
+from ..threads import fit_threads, rebalance
 from .natural import initial_params
 from .result import ConvergenceWarning, FitResult, auto_chunk_size, full_pass
 from .updates import elbo_from_stats
@@ -74,6 +75,7 @@ def _current(template: VariationalParams, names: list[str]) -> VariationalParams
     )
 
 
+@fit_threads()
 def fit_pyro(
     data: Tensor,
     spec: ModelSpec,
@@ -114,6 +116,7 @@ def fit_pyro(
     history, smoothed, best, since_best, converged = [], None, -float("inf"), 0, False
     with tqdm(range(opts.max_steps), desc=f"Pyro SVI (B={B})", disable=not opts.progress, leave=False) as bar:
         for _ in bar:
+            rebalance()  # this process's share of the cores (dpmodels.threads)
             per_point = -svi.step(x) / (B * N)
             history.append(per_point)
             smoothed = per_point if smoothed is None else 0.95 * smoothed + 0.05 * per_point

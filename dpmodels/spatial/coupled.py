@@ -36,6 +36,7 @@ from ..infer.updates import elbo_from_stats, m_step, stats_from_responsibilities
 from ..models.dpgmm import ModelSpec
 from ..models.family import VariationalParams, expected_log_likelihood, expected_log_weights, quadratic_plan
 from ..models.quadratic import QuadraticPlan
+from ..threads import fit_threads, rebalance
 from .grid import Grid
 
 __all__ = [
@@ -138,6 +139,7 @@ def mean_field_assignments(
     return log_r
 
 
+@fit_threads()
 def fit_coupled(
     data: Tensor, spec: ModelSpec, start: FitResult, grid: Grid, options: CoupledOptions, device="cpu"
 ) -> FitResult:
@@ -169,6 +171,7 @@ def fit_coupled(
     ) as bar:
         for step in range(1, options.max_iter + 1):
             it = step
+            rebalance()  # this process's share of the cores (dpmodels.threads)
             params_c = params.map(lambda t: t.to(dtype))
             plan = quadratic_plan(params_c)  # per-component factors, once per iteration
             logits = unary_logits(params_c, x, chunk, plan)  # (B, N, K)

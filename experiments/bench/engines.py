@@ -191,6 +191,26 @@ class ScalingSettings:
 
 
 @dataclass
+class ContentionSettings:
+    """The contention benchmark (``experiments/bench/contention.py``): ``fits`` planted data sets
+    (``n_points`` x ``n_features``, ``n_clusters`` clusters, ``covariance``, ``truncation``) fitted in
+    one process and split evenly over each count in ``processes`` running at the same time, with the
+    library's thread default and with every process on all the cores. ``quick``: seconds, for tests."""
+
+    enabled: bool = False
+    quick: bool = False
+    processes: list[int] = field(default_factory=lambda: [2])
+    fits: int = 6
+    n_points: int = 20_000
+    n_features: int = 16
+    n_clusters: int = 8
+    truncation: int = 30
+    covariance: str = "full"
+    timeout_s: float = 600.0
+    seed: int = 0
+
+
+@dataclass
 class BenchmarkSettings:
     """Run-wide settings: torch ``device`` (``"cpu"`` or ``"cuda"``), ``threads`` for torch and the
     BLAS under scikit-learn (``None``: leave as is), held-out set size, a tiny warm-up fit before
@@ -206,6 +226,7 @@ class BenchmarkSettings:
     extraction: ExtractionSettings = field(default_factory=lambda: ExtractionSettings())
     width: WidthSettings = field(default_factory=lambda: WidthSettings())
     scaling: ScalingSettings = field(default_factory=lambda: ScalingSettings())
+    contention: ContentionSettings = field(default_factory=lambda: ContentionSettings())
 
 
 @dataclass

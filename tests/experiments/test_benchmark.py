@@ -101,7 +101,11 @@ def test_cli_run_writes_csv_and_json(tmp_path):
 def test_every_preset_composes_to_valid_settings(preset):
     settings = OmegaConf.to_object(compose_benchmark([f"preset={preset}"]))
     assert isinstance(settings, BenchmarkSettings) and (
-        settings.cases or settings.extraction.enabled or settings.width.enabled or settings.scaling.enabled
+        settings.cases
+        or settings.extraction.enabled
+        or settings.width.enabled
+        or settings.scaling.enabled
+        or settings.contention.enabled
     )
     names = [case.name for case in settings.cases]
     assert len(set(names)) == len(names)
@@ -165,3 +169,24 @@ def test_memmap_fit_runs_in_a_child_and_removes_its_file(tmp_path, keep_threads,
     # the file holds the very points the in-memory fit saw (as float32): the same clusters come back
     assert memmap["ari"] > 0.9 and memmap["n_active"] == natural["n_active"]
     assert not list(scratch.iterdir())  # the temporary directory and its .npy file are gone
+
+
+@pytest.mark.slow  # child processes
+def test_contention_preset_times_one_process_against_two_at_once(tmp_path):
+    """Both thread rules, 1 and 2 processes: rows, ratios against the one-process run, files."""
+    from experiments.benchmark import run
+
+    rows = run(compose_benchmark(["preset=contention", "contention.quick=true"]), tmp_path)
+    assert [(r["threads"], r["processes"]) for r in rows] == [
+        ("auto", 1), ("auto", 2), ("all_cores", 1), ("all_cores", 2)
+    ]  # fmt: skip
+    assert all(r["error"] == "" and r["wall_seconds"] > 0 for r in rows), rows
+    assert all(r["ratio"] == 1.0 for r in rows if r["processes"] == 1)
+    assert all(len(r["n_active"].split()) == 2 for r in rows)  # every fit of every process reported
+    written = json.loads((tmp_path / "contention.json").read_text())
+    assert len(written["rows"]) == 4 and (tmp_path / "contention.csv").read_text().startswith("threads,")
+    with pytest.raises(ValueError, match="divide contention.fits"):
+        run(
+            compose_benchmark(["preset=contention", "contention.quick=true", "contention.processes=[3]"]),
+            tmp_path,
+        )
