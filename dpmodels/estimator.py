@@ -258,13 +258,15 @@ class DPGMM:
         group = resolve_group(distributed, self._device)
         raw = self._load_shard(group, "DPGMM.fit", lambda least: self._source(X, min_points=least))
         self._check_memory(self.n_restarts, *raw.shape[1:], in_memory=raw._mapping is None)
-        source, scaling = standardize(raw, group=group)  # z = (x - centre) / scale, (1, N, D)
+        # z = (x - centre) / scale (1, N, D); full covariance: on the data's range where it is smaller
+        warn_if_degenerate(raw, self.covariance, stacklevel=3, group=group)
+        source, scaling = standardize(raw, group=group, on_range=self.covariance == "full")
         N, D = source.shape[1:]
         data = repeat_source(source, self.n_restarts)  # (B, N, D), restarts share memory
         base = self._base_measure(source, scaling, group)
         base = base.map(lambda t: t.expand((self.n_restarts,) + t.shape[1:]).clone())
         spec = ModelSpec(self.weight_prior, base.to(device=self._device), self.truncation)
-        result = self._run(data, spec, group)
+        result = self._run(data, spec, group, check_degenerate=False)
         scaling = scaling.expand(self.n_restarts)
         best = int(torch.nan_to_num(result.elbo, nan=-torch.inf).argmax())
         self._adopt(result, scaling.result_to_user(result), scaling, best)
@@ -360,8 +362,9 @@ class DPGMM:
         check_shards(sizes, what)
         return data
 
-    def _run(self, data, spec: ModelSpec, group=None) -> FitResult:
-        warn_if_degenerate(data, self.covariance, stacklevel=4, group=group)
+    def _run(self, data, spec: ModelSpec, group=None, check_degenerate: bool = True) -> FitResult:
+        if check_degenerate:
+            warn_if_degenerate(data, self.covariance, stacklevel=4, group=group)
         num_points = data.shape[1] if group is None else Shard.of(data.shape[1], group).total
         options = self._options(num_points)
         if self.engine == "pyro":
@@ -389,7 +392,7 @@ class DPGMM:
         self.posterior_ = posterior(user)  # the data's units: what maps and diagnostics consume
         self._z_posterior, self._scaling = posterior(result), scaling.select(index)
         self.fit_result_ = user
-        self.n_features_in_ = result.params.num_features
+        self.n_features_in_ = scaling.centre.shape[-1]  # the user's D (z may be narrower: on the range)
         self.elbo_ = float(user.elbo[index])
         self.elbo_history_ = user.elbo_history[:, index].numpy()
         self.n_iter_ = result.n_iter
@@ -397,8 +400,12 @@ class DPGMM:
         z_post, s = self._z_posterior, float(self._scaling.scale[0])
         self.weights_ = z_post.weights[0].cpu().numpy()
         centre = self._scaling.centre[0].numpy()
-        self.means_ = centre + s * z_post.means[0].cpu().double().numpy()  # float64, the data's units
-        self.covariances_ = s**2 * z_post.covariances[0].cpu().double().numpy()
+        means, covariances = z_post.means[0].cpu().double(), z_post.covariances[0].cpu().double()
+        if self._scaling.basis is not None:  # fitted on the data's range: back to all D coordinates
+            q = self._scaling.basis[0]
+            means, covariances = means @ q.T, self.posterior_.covariances[0].cpu().double() / s**2
+        self.means_ = centre + s * means.numpy()  # float64, the data's units
+        self.covariances_ = s**2 * covariances.numpy()
         self.n_active_ = int(z_post.n_active[0])
         if self.truncation > 1 and self.n_active_ >= self.truncation:
             warnings.warn(
