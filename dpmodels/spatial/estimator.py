@@ -78,14 +78,14 @@ class SpatialDPGMM(DPGMM):
         self._grid = grid_from_index(index)
         return super().fit(X, distributed=False)
 
-    def _run(self, data, spec: ModelSpec, group=None) -> FitResult:
+    def _run(self, data, spec: ModelSpec, group=None, check_degenerate: bool = True) -> FitResult:
         grid: Grid = self._grid
         if grid.num_points != data.shape[1]:
             raise ValueError(
                 f"index has {grid.num_points} rows but X has {data.shape[1]} points; pass the index of "
                 "exactly the points in X (e.g. acts.index[rows] for acts.points[rows])."
             )
-        result = super()._run(data, spec)
+        result = super()._run(data, spec, check_degenerate=check_degenerate)
         if self.coupling == 0.0:
             return result
         options = CoupledOptions(
