@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 
@@ -94,7 +95,7 @@ class DataParallel:
             return fn(*args, **kwargs)
         except RuntimeError as err:  # gloo/NCCL timeouts, a peer that crashed or closed the connection
             raise CollectiveError(
-                f"rank {self.rank} of {self.world_size}: {name} failed ({err}). Another rank crashed, exited "
+                f"rank {self.rank} of {self.world_size}: {name} failed ({_cause(err)}). Another rank crashed, exited "
                 "or did not reach the same call within the process group's timeout; every rank must call "
                 "the fit with its shard (see that rank's own error), and the timeout is set by "
                 "init_process_group(timeout=...)."
@@ -282,6 +283,14 @@ class Shard:
         if self.group is None:
             return list(tensors)
         return self.group.all_reduce(*tensors)
+
+
+def _cause(err: BaseException) -> str:
+    """The backend's error in one short line: gloo's ``[file.cc:545] Read error [...]: Connection reset by
+    peer. This is typically caused by ...`` -> ``Read error [...]: Connection reset by peer``."""
+    text = " ".join(str(err).split())
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", text)
+    return text.split(" This is typically")[0].rstrip(". ")[:300]
 
 
 def _pickle(obj) -> bytes:

@@ -24,6 +24,7 @@ from dpmodels.spatial import SpatialDPGMM
 
 from .builders import dataset_from_config, dpgmm_kwargs
 from .common import (
+    check_same_config,
     guard_argv,
     job,
     mark_done,
@@ -45,7 +46,8 @@ def run(cfg: DictConfig, group=None) -> dict | None:
     """The job; with ``group`` (launched by ``torchrun``) every rank runs it data-parallel and only
     rank 0 reads and writes the run directory (``group.run_dir`` holds rank 0's)."""
     out_dir = output_dir()
-    if group is not None:  # rank 0's run directory and decision, for every rank
+    if group is not None:  # the same config on every rank; rank 0's run directory and decision for all
+        check_same_config(group, cfg)
         out_dir = Path(group.from_rank0(lambda: str(out_dir), "the run directory"))
         group.run_dir = out_dir
     go = (

@@ -324,9 +324,19 @@ def _message(err: BaseException) -> str:
             "for results, cache_dir=DIR or the DPMODELS_CACHE variable for trained networks."
         )
     message = f"{type(err).__name__}: {err}"
+    if _is_collective(err):
+        message += (
+            " Rerun the same command on every rank to resume from the fit checkpoints; "
+            "DPMODELS_DIST_TIMEOUT (seconds) bounds each wait."
+        )
     if isinstance(err, FileNotFoundError | NotADirectoryError):
         message += f" {QUOTING}"
     return message
+
+
+def _is_collective(err: BaseException) -> bool:
+    """A failed collective of a data-parallel job (another rank crashed, exited or timed out)."""
+    return type(err).__name__ == "CollectiveError" and type(err).__module__ == "dpmodels.distributed"
 
 
 def _record_attempt(out_dir: Path, status: str, message: str) -> None:
@@ -357,8 +367,12 @@ def user_errors(out_dir: Path):
             file=sys.stderr,
         )
         sys.exit(130)
-    except USER_ERRORS + (OSError,) as err:
-        user_error = isinstance(err, USER_ERRORS) or err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+    except USER_ERRORS + (OSError, RuntimeError) as err:
+        user_error = (
+            isinstance(err, USER_ERRORS)
+            or _is_collective(err)
+            or (isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS))
+        )
         if os.environ.get("DPMODELS_TRACEBACK") or not user_error:
             raise
         message = _message(err)
@@ -406,6 +420,21 @@ def torch_env_from_slurm(env: dict) -> dict:
         "MASTER_ADDR": env.get("MASTER_ADDR", first),
         "MASTER_PORT": env.get("MASTER_PORT", str(15000 + int(env.get("SLURM_JOB_ID", "0") or 0) % 20000)),
     }
+
+
+def check_same_config(group, cfg: DictConfig) -> None:
+    """Refuse, on every rank, a data-parallel job whose ranks were given different configs (other
+    overrides per rank): a :class:`~dpmodels.distributed.ShardError` naming the keys that differ."""
+    from dpmodels.distributed import ShardError
+
+    configs = group.all_gather_object(resolved_config(cfg))
+    differ = [(r, config_diff(configs[0], c)) for r, c in enumerate(configs) if r and c != configs[0]]
+    if differ:
+        shown = "; ".join(f"rank {r} differs from rank 0 in {', '.join(d[:4])}" for r, d in differ[:3])
+        raise ShardError(
+            f"the {group.world_size} ranks of this data-parallel job were given different configs ({shown}); "
+            "start every rank with the same overrides (torchrun passes one command line to all of them)."
+        )
 
 
 def start_process_group(device: str):

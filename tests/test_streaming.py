@@ -129,3 +129,61 @@ def test_a_sliced_memmap_reads_its_own_rows(tmp_path):
     np.save(tmp_path / "x.npy", X)
     view = np.load(tmp_path / "x.npy", mmap_mode="r")[10:15]
     np.testing.assert_array_equal(PointSource(view)[:, :].numpy()[0], X[10:15])
+
+
+def _npy(path, n=20_000, d=4, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    np.save(path, x)
+    return x
+
+
+def test_a_truncated_npy_file_is_refused_with_its_sizes(tmp_path):
+    path = tmp_path / "x.npy"
+    _npy(path, 1000)
+    with open(path, "r+b") as fh:
+        fh.truncate(3000)  # an unfinished write
+    with pytest.raises(
+        ValueError, match=r"header says \(1000, 4\) float32, 16128 bytes, but it holds 3000: it is truncated"
+    ):
+        DPGMM(truncation=5).fit(path)
+
+
+@pytest.mark.parametrize("change", ["truncate", "rewrite"])
+def test_a_file_changed_between_reads_is_an_error_not_garbage(tmp_path, change):
+    path = tmp_path / "x.npy"
+    x = _npy(path)
+    source = PointSource(path)
+    assert torch.equal(source[:, :100][0], torch.from_numpy(x[:100]))
+    if change == "truncate":
+        with open(path, "r+b") as fh:
+            fh.truncate(path.stat().st_size // 2)
+    else:  # same size, other values: what a fit would read as garbage
+        np.save(path, x[::-1].copy())
+    word = "truncated" if change == "truncate" else "rewritten"
+    for key in [(slice(None), slice(0, 100)), (slice(None), torch.tensor([5, 7]))]:  # chunks and minibatches
+        with pytest.raises(ValueError, match=rf"changed while it was being read.*\({word}\)"):
+            source[key]
+
+
+def test_a_fit_whose_file_is_truncated_meanwhile_stops_with_one_clear_error(tmp_path):
+    import threading
+    import time
+
+    path = tmp_path / "x.npy"
+    rng = np.random.default_rng(0)
+    np.save(path, np.concatenate([rng.normal(c, 1, (100_000, 8)) for c in (0, 6, 12)]).astype(np.float32))
+    before = path.stat().st_size
+
+    def cut():
+        time.sleep(0.3)  # the fit below runs for seconds: it is reading the file by now
+        with open(path, "r+b") as fh:
+            fh.truncate(before // 2)
+
+    thread = threading.Thread(target=cut)
+    thread.start()
+    try:
+        with pytest.raises(ValueError, match=r"changed while it was being read.*\(truncated\)"):
+            DPGMM(truncation=10, max_iter=10_000, tol=1e-12, seed=0).fit(path)
+    finally:
+        thread.join()
+    assert path.stat().st_size == before // 2  # the cut happened during the fit

@@ -30,6 +30,7 @@ from ..distributed import resolve_group
 from ..io import atomic_write_json
 from ..nets.preprocessing import model_preprocessing
 from ._graph import Tap, first_conv_channels, layer_names, model_device, preserve_mode
+from .budget import check_extraction_memory
 from .layers import conv_layers, list_layers
 from .smooth import check_smooth, smooth_geometry, smooth_maps
 from .store import MANIFEST, RowWriter, layer_record, safe_stems, save_transform
@@ -265,6 +266,7 @@ def _plan(model, images, layers, **settings) -> _Plan:
             f"convert them (ImageSet.with_channels({expected})) or use a model built for {C} channels."
         )
     normalize = _normalization(model, settings["normalize"], C)
+    check_extraction_memory(model, (C, H, W), hi - lo, batch_size, dev, in_memory_points=store is None)
     if model_device(model) not in (None, dev):
         log.info(
             "model is on %s, extraction on %s: using a copy of the model on %s.",

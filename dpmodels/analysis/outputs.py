@@ -24,6 +24,7 @@ from ..activations.types import LayerGeometry
 from ..data.images import ImageSet
 from ..io import MANIFEST, atomic_path, manifest_problems
 from ..maps import MAPS, LayerMaps
+from .kinds import require_run
 
 __all__ = ["RunOutputs", "latest_run", "layer_file", "load_layer_maps", "save_images", "save_layer_maps"]
 
@@ -78,21 +79,16 @@ def save_images(run_dir: str | Path, images: ImageSet) -> Path:
 class RunOutputs:
     """Read access to one finished analysis run directory.
 
-    Refuses (``FileNotFoundError``) a directory without the manifest ``run_complete.json`` (an
-    unfinished, interrupted or half-replaced run) and (``ValueError``) one whose files disagree
+    Refuses (:func:`~dpmodels.analysis.kinds.require_run`) another kind of run, a sweep directory
+    and (``FileNotFoundError``) a directory without the manifest ``run_complete.json`` (an
+    unfinished, interrupted or half-replaced run, with the command that finishes it), and (``ValueError``) one whose files disagree
     with it (missing files, other sizes, or a ``metrics.json`` of another run). ``config``,
     ``overrides`` and ``config_hash`` are the run's own record, not Hydra's ``.hydra/`` files."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
-        manifest_file = self.run_dir / MANIFEST
-        if not manifest_file.is_file() or "files" not in (record := json.loads(manifest_file.read_text())):
-            what = "an unfinished or interrupted run" if self.run_dir.is_dir() else "no run"
-            raise FileNotFoundError(
-                f"{self.run_dir} holds {what}: no {MANIFEST} listing its files (a run writes it last). "
-                "Rerun the command that made it (it resumes), or point to a finished run of "
-                "`python -m experiments.analyze`."
-            )
+        require_run(self.run_dir, "analyze", "RunOutputs")  # one clear refusal for anything else
+        record = json.loads((self.run_dir / MANIFEST).read_text())
         problems = manifest_problems(self.run_dir, record["files"])
         if not problems and "metrics.json" in record["files"]:
             problems = manifest_problems(

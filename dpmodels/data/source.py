@@ -7,6 +7,7 @@ A 10 M x 32 float32 layer is 1.3 GB; with a memory-mapped file only the chunk be
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,9 @@ class PointSource:
 
     def __init__(self, data, repeat: int = 1, name: str = "X"):
         self._mapping: tuple | None = None  # how to re-open a file-backed array for each read
+        self._stamp: tuple | None = None  # the file's (size, mtime, inode) when it was opened
         if isinstance(data, PointSource):
-            self._mapping, data = data._mapping, data.data
+            self._mapping, self._stamp, data = data._mapping, data._stamp, data.data
         if isinstance(data, (str, Path)):
             path = Path(data)
             if not path.is_file():
@@ -47,13 +49,17 @@ class PointSource:
             try:
                 data = np.load(path, mmap_mode="r")
             except ValueError as err:
-                raise ValueError(f"{name}: {str(path)!r} is not a readable .npy array ({err}).") from err
+                raise ValueError(
+                    f"{name}: {str(path)!r} is not a readable .npy array ({err}{_truncation(path)}); "
+                    "write it again (np.save) and fit the complete file."
+                ) from err
         if isinstance(data, np.memmap) and data.filename and data.ndim == 2 and data.flags.c_contiguous:
             root = data  # a slice carries its parent's offset: find this view's own byte offset
             while isinstance(root.base, np.memmap):
                 root = root.base
             shift = data.__array_interface__["data"][0] - root.__array_interface__["data"][0]
             self._mapping = (data.filename, data.dtype, root.offset + shift, data.shape)
+            self._stamp = _stamp(data.filename)
         if isinstance(data, Tensor):
             data = data.detach()
         elif not isinstance(data, np.ndarray):
@@ -93,20 +99,58 @@ class PointSource:
         if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], Tensor):
             key = (key[0], key[1].cpu().numpy() if not isinstance(self.data, Tensor) else key[1])
         if self._mapping is not None:
-            # a fresh mapping per read, dropped right after: pages read from disk do not stay in
-            # this process's resident memory (the OS page cache keeps them if it has room)
-            filename, dtype, offset, shape = self._mapping
-            mapped = np.memmap(filename, dtype=dtype, mode="r", offset=offset, shape=shape)
-            view = mapped[None]
-            if self.shape[0] > view.shape[0]:
-                view = np.broadcast_to(view, (self.shape[0],) + view.shape[1:])
-            chunk = torch.from_numpy(np.array(view[key]))
-            del view, mapped
+            # a fresh read per chunk: pages read from disk do not stay in this process's resident memory
+            # (the OS page cache keeps them if it has room). The file is checked before and after each
+            # read: one truncated or rewritten meanwhile is an error, never garbage or a crash (SIGBUS).
+            self._check_unchanged()
+            chunk = self._read(key)
+            self._check_unchanged()
         else:
             chunk = self.data[key]
             if not isinstance(chunk, Tensor):
                 chunk = torch.from_numpy(np.array(chunk))  # a copy of just this chunk
         return chunk.to(self.dtype)
+
+    def _read(self, key) -> Tensor:
+        filename, dtype, offset, shape = self._mapping
+        rows = key[1] if isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None) else None
+        if isinstance(rows, slice) and rows.step in (None, 1):  # contiguous rows: a plain read (no mapping)
+            start, stop, _ = rows.indices(shape[0])
+            count = max(stop - start, 0) * shape[1]
+            with open(filename, "rb") as fh:
+                fh.seek(offset + start * shape[1] * dtype.itemsize)
+                flat = np.fromfile(fh, dtype=dtype, count=count)
+            if flat.size != count:
+                self._check_unchanged(force=True)
+            block = flat.reshape(-1, shape[1])[None]
+            if self.shape[0] > 1:
+                block = np.broadcast_to(block, (self.shape[0],) + block.shape[1:])
+            return torch.from_numpy(np.array(block))
+        mapped = np.memmap(filename, dtype=dtype, mode="r", offset=offset, shape=shape)
+        view = mapped[None]
+        if self.shape[0] > view.shape[0]:
+            view = np.broadcast_to(view, (self.shape[0],) + view.shape[1:])
+        chunk = torch.from_numpy(np.array(view[key]))
+        del view, mapped
+        return chunk
+
+    def _check_unchanged(self, force: bool = False) -> None:
+        """Raise ``ValueError`` when the file read has changed since it was opened."""
+        filename, dtype, offset, shape = self._mapping
+        try:
+            now = _stamp(filename)
+        except OSError:
+            now = None
+        if now == self._stamp and not force:
+            return
+        needed = offset + int(np.prod(shape)) * dtype.itemsize
+        size = "gone" if now is None else f"{now[0]} bytes"
+        raise ValueError(
+            f"{self.name}: {str(filename)!r} changed while it was being read: it was opened as "
+            f"{tuple(shape)} {dtype} ({needed} bytes) and is now {size}"
+            f"{'' if now is None else ' (truncated)' if now[0] < needed else ' (rewritten)'}. A file must not be truncated or "
+            "rewritten while a fit reads it: write new data to a new file (or copy it) and fit again."
+        )
 
     def chunks(self, chunk_size: int):
         """``(start, tensor (B, n, D))`` over all points, in order."""
@@ -152,6 +196,29 @@ class PointSource:
         else:
             cov = (s2 - N * mean_c.pow(2)) / denom
         return mean_c + pivot.squeeze(1), cov
+
+
+def _stamp(filename) -> tuple[int, int, int]:
+    st = os.stat(filename)
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _truncation(path: Path) -> str:
+    """``"; its header says ... but it holds ... bytes"`` for a truncated ``.npy`` file, else ``""``."""
+    try:
+        with open(path, "rb") as fh:
+            fmt = np.lib.format
+            version = fmt.read_magic(fh)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            start = fh.tell()
+        needed = start + int(np.prod(shape)) * dtype.itemsize
+        size = path.stat().st_size
+    except Exception:  # noqa: BLE001 - not even a readable header: the numpy message says enough
+        return ""
+    if size >= needed:
+        return ""
+    return f"; its header says {tuple(shape)} {dtype}, {needed} bytes, but it holds {size}: it is truncated"
 
 
 def spool(batches, path: str | Path, name: str = "stream") -> np.memmap:

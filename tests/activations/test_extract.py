@@ -184,3 +184,26 @@ def test_training_flags_restored_and_normalize_applied():
     assert torch.allclose(a.points, b.points, atol=1e-6)
     assert model.training  # BatchNorm running stats untouched by eval-mode extraction
     assert torch.equal(model[1].running_mean, torch.zeros(6))
+
+
+def test_a_huge_image_is_refused_with_an_estimate_before_any_work(monkeypatch):
+    """4000 x 4000 through EfficientNet-Lite0: the probes alone would need ~100 GB; the refusal
+    comes from shapes on the meta device, so nothing large is allocated (the image is a view)."""
+    import resource
+
+    from dpmodels.infer.memory import InsufficientMemoryError
+    from dpmodels.nets import build_net
+
+    monkeypatch.setenv("DPMODELS_MEMORY_LIMIT", "8G")
+    model = build_net("efficientnet_lite0", weights=None)
+    image = torch.zeros(1, 3, 1, 1).expand(1, 3, 4000, 4000)  # 4000 x 4000 without the memory
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(
+        InsufficientMemoryError,
+        match=r"4000 x 4000 \(at most about \d+ x \d+ fits\).* needs about \d+\.\d GB",
+    ):
+        extract(model, image, progress=False)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 1500, grown_mb  # a copy of the model and one image at most, not the probes
+    small = extract(model, torch.rand(2, 3, 64, 64), layers=["stage2"], progress=False)  # normal sizes pass
+    assert small["stage2"].points.shape == (2 * 16 * 16, 24)
