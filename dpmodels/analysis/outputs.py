@@ -149,6 +149,24 @@ class RunOutputs:
         self._check(layer)
         return self.run_dir / "posterior" / f"{layer_file(layer)}.nc"
 
+    def fit(self, layer: str):
+        """The layer's fitted posterior, transform and reference mean (``fits/<layer>.pt``, a
+        :class:`~dpmodels.analysis.fitfile.LayerFitFile`)."""
+        from .fitfile import load_fit
+
+        self._check(layer)
+        return load_fit(self.run_dir / "fits" / f"{layer_file(layer)}.pt")
+
+    def apply(self, images, **kwargs):
+        """Map new ``images`` (``ImageSet``, ``(I, C, H, W)`` tensor in ``[0, 1]`` or a list of
+        ``(C, H, W)``) with this run's network, transforms and fitted posteriors, without refitting:
+        an :class:`~dpmodels.analysis.apply.AppliedRun` (maps, per-layer shift, per-image table).
+        Keywords: those of :func:`~dpmodels.analysis.apply.apply_run` (``model``, ``device``,
+        ``out_dir``, ``cache_dir``, ...)."""
+        from .apply import apply_run
+
+        return apply_run(self, images, **kwargs)
+
     def _check(self, layer: str) -> None:
         if layer not in self.metrics["layers"]:
             raise ValueError(

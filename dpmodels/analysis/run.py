@@ -21,6 +21,7 @@ from ..activations import extract
 from ..data.images import ImageSet
 from ..io import atomic_path, atomic_write_json
 from ..maps import LayerMaps, layer_maps, n_active_draws
+from .fitfile import network_fingerprint, save_fit
 from .fitting import LayerFit, fit_layers, gather_layers, read_points
 from .outputs import layer_file, save_images, save_layer_maps
 from .report import write_figures, write_summary
@@ -234,6 +235,7 @@ class _LayerResults:
         self.concept_cfg = concepts
         self.maps, self.rows, self.k_draws, self.eval_rows = {}, {}, {}, []
         self.concept_maps, self.concept_sel = {}, {}
+        self.fingerprint: str | None = None
 
     def add(self, job: _Job, name: str, fit: LayerFit, acts: dict) -> None:
         from ..diagnostics import save_inference_data, to_inference_data  # ArviZ only when needed
@@ -248,6 +250,9 @@ class _LayerResults:
             maps = coupled_maps(maps, fit.model, layer)
         self.maps[name] = maps
         save_layer_maps(out_dir, maps)
+        if self.fingerprint is None:
+            self.fingerprint = network_fingerprint(job.model)
+        save_fit(out_dir, name, fit.model.posterior_, layer, self.fingerprint)  # for apply and importance
         self.k_draws[name] = n_active_draws(fit.model.posterior_, num_draws=max(num_draws, 100), seed=seed)
         evaluation = None
         if images.masks is not None:
