@@ -224,7 +224,7 @@ class ImportanceConf:
 
     enabled: bool = False
     classes: list[int] | None = None  # classes to explain; null = each image's top-1 class
-    sobol_masks: int = 32  # random keep/remove masks per image for the Sobol total index (0 = off)
+    sobol_masks: int = 16  # random keep/remove masks per image for the Sobol total index (0 = off)
     max_images: int = 16  # images scored (the first ones); each costs (K + masks) forward passes
     figure: bool = True  # figures/importance_<layer>_class<c>.png
 

@@ -49,6 +49,7 @@ class AppliedRun:
     per_image: pd.DataFrame
     images: ImageSet
     timings: dict = field(default_factory=dict)
+    importance: pd.DataFrame | None = None  # importance.csv's table, with importance=...
 
 
 def _as_image_set(images) -> ImageSet:
@@ -162,13 +163,17 @@ def apply_run(
     batch_size: int = 64,
     cache_dir: str | None = None,
     figures: dict | None = None,
+    importance: dict | None = None,
     progress: bool = False,
 ) -> AppliedRun:
     """Map ``images`` (an ``ImageSet``, ``(I, C, H, W)`` tensor in ``[0, 1]`` or a list of
     ``(C, H, W)``) with the finished ``run``'s fitted layers; with ``out_dir`` (a staging folder:
     the caller publishes it) also write ``maps/<layer>.npz``, ``images.npz``, ``per_image.csv``,
     ``metrics.json``, ``summary.md`` and ``figures/`` there. ``model``: the run's network (default:
-    rebuilt from the run's config); another network is refused."""
+    rebuilt from the run's config); another network is refused. ``importance``: keywords of
+    :func:`~dpmodels.analysis.importance.run_importance` (``classes``, ``sobol_masks``,
+    ``max_images``): concept importance on the new images (``result.importance``, and
+    ``importance.csv`` with ``out_dir``)."""
     run = run if isinstance(run, RunOutputs) else RunOutputs(run)
     if out_dir is not None and Path(out_dir).resolve() == run.run_dir.resolve():
         raise ValueError(f"apply writes into a new run directory, not into the reference run {run.run_dir}.")
@@ -198,6 +203,23 @@ def apply_run(
         timings["extract_seconds"] + timings["maps_seconds"], 1e-9
     )
     result = AppliedRun(maps, layers, pd.DataFrame(rows), images, timings)
+    if importance is not None and importance.get("enabled", True):
+        from .importance import run_importance
+
+        t0 = time.perf_counter()
+        cfg = {k: v for k, v in importance.items() if k != "enabled"}
+        fig_on = bool((figures or {}).get("enabled", True)) and cfg.pop("figure", True)
+        result.importance = run_importance(
+            model,
+            images,
+            fits,
+            out_dir=out_dir,
+            device=device,
+            figure=fig_on,
+            seed=int(ref.meta["seed"]),
+            **cfg,
+        )
+        timings["importance_seconds"] = time.perf_counter() - t0
     if out_dir is not None:
         write_applied(Path(out_dir), result, run, dict(figures or {}))
     return result

@@ -95,6 +95,7 @@ def analyze(
     concepts: dict | None = None,
     spatial: dict | None = None,
     network: dict | None = None,
+    importance: dict | None = None,
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
@@ -113,7 +114,10 @@ def analyze(
     ``{"enabled": False}``: each layer's components merged into concepts, scored at both levels;
     ``spatial``: ``{"coupling": beta, "coupled_max_iter": n}`` with ``beta > 0`` fits each layer with
     assignments coupled to their grid neighbours (:mod:`dpmodels.spatial`, on whole images) and
-    draws its cluster and entropy maps from the coupled ``q(z)``.
+    draws its cluster and entropy maps from the coupled ``q(z)``. ``importance``: keywords of
+    :func:`dpmodels.analysis.importance.run_importance` (``classes``, ``sobol_masks``,
+    ``max_images``, ``figure``): each layer's concept importance for the network's classes, into
+    ``importance.csv`` and ``figures/importance_<layer>_class<c>.png``.
 
     ``group`` (a :class:`~dpmodels.distributed.DataParallel`; every rank calls ``analyze`` with the
     same images and settings, and the same ``out_dir``, on a file system they share): each rank
@@ -152,6 +156,16 @@ def analyze(
     }
     if group is not None:
         metrics["parallel"] = {"world_size": group.world_size, "backend": group.backend}
+    if importance is not None and importance.get("enabled", True):
+        from .fitfile import load_fit
+        from .importance import run_importance
+
+        t0 = time.perf_counter()
+        imp = {k: v for k, v in importance.items() if k != "enabled"}
+        imp["figure"] = bool(imp.get("figure", True)) and bool((figures or {}).get("enabled", True))
+        fits_files = {n: load_fit(out_dir / "fits" / f"{layer_file(n)}.pt") for n in fits}
+        run_importance(model, images, fits_files, out_dir=out_dir, seed=seed, device=device, **imp)
+        timings["importance_seconds"] = time.perf_counter() - t0
     _write_outputs(out_dir, images, metrics, results, dict(figures or {}))
     return metrics
 
