@@ -3,7 +3,8 @@ see exactly what the job wrote.
 
 A run directory holds ``metrics.json``, ``summary.md``, ``images.npz`` (the analysed images, uint8,
 with masks when known), ``maps/<layer>.npz`` (each layer's maps at map resolution with its
-geometry), ``posterior/<layer>.nc`` (ArviZ InferenceData) and ``figures/*.png``, and, written
+geometry), ``posterior/<layer>.nc`` (ArviZ InferenceData), ``fits/<layer>.pt`` (the fitted layer,
+for :meth:`RunOutputs.apply`) and ``figures/*.png``, and, written
 last, ``run_complete.json``: the run's config, overrides and a manifest of every file (size and
 SHA-256). :class:`RunOutputs` opens only a directory whose files agree with its manifest, so a run
 that was interrupted, or is being replaced, is never read as finished.

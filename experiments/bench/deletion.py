@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--random-orders", type=int, default=3)
     p.add_argument("--apply-images", type=int, default=100)
     p.add_argument("--fit-points", type=int, default=5000)
+    p.add_argument("--layers", default=None, help="layers.names of the reference runs, e.g. [stage3,stage5]")
+    p.add_argument("--map-draws", type=int, default=16)
     p.add_argument("--skip-histology", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
