@@ -55,7 +55,14 @@ def reference_run(out: Path, name: str, overrides: list[str]) -> Path:
 
 
 def deletion_study(
-    run_dir: Path, images, *, max_images: int, sobol_masks: int, random_orders: int, seed: int = 0
+    run_dir: Path,
+    images,
+    *,
+    max_images: int,
+    sobol_masks: int,
+    random_orders: int,
+    seed: int = 0,
+    layers=None,
 ):
     """Per layer of ``run_dir``: mean deletion AUC per order over the images, and the per-image AUCs."""
     from dpmodels.analysis import RunOutputs
@@ -66,7 +73,7 @@ def deletion_study(
     model, _ = run_network(run)
     x = images.images[:max_images]
     out = {}
-    for layer in run.layers:
+    for layer in layers or run.layers:
         t0 = time.perf_counter()
         fit = run.fit(layer)
         frame, kept = concept_importance(model, x, layer, fit, sobol_masks=sobol_masks, seed=seed,
@@ -184,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--fit-points", type=int, default=5000)
     p.add_argument("--layers", default=None, help="layers.names of the reference runs, e.g. [stage3,stage5]")
     p.add_argument("--map-draws", type=int, default=16)
+    p.add_argument("--score-layers", default=None, help="comma-separated layers to score (default: all)")
     p.add_argument("--skip-histology", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
@@ -192,8 +200,13 @@ def main(argv: list[str] | None = None) -> dict:
         "viz=none",
         f"infer.fit_points={args.fit_points}",
         "infer.heldout_points=2000",
+        f"infer.map_draws={args.map_draws}",
+        "infer.num_draws=8",
         "infer.progress=false",
     ]
+    if args.layers:
+        common.append(f"layers.names={args.layers}")
+    score = args.score_layers.split(",") if args.score_layers else None
     results: dict = {"settings": vars(args), "deletion": {}}
     textures = reference_run(
         out, "real_textures", ["data=real_textures", f"data.num_images={args.ref_images}", *common]
@@ -205,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
         max_images=args.images,
         sobol_masks=args.sobol_masks,
         random_orders=args.random_orders,
+        layers=score,
     )
     if not args.skip_histology:
         ihc = reference_run(out, "ihc", ["data=ihc", *common])
@@ -212,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         results["deletion"]["ihc"] = deletion_study(
             ihc, RunOutputs(ihc).images(), max_images=1, sobol_masks=args.sobol_masks,
-            random_orders=args.random_orders,
+            random_orders=args.random_orders, layers=score,
         )  # fmt: skip
     if args.apply_images > 0:
         results["apply_speed"] = apply_speed(textures, args.apply_images)
