@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--map-draws", type=int, default=16)
     p.add_argument("--score-layers", default=None, help="comma-separated layers to score (default: all)")
     p.add_argument("--skip-histology", action="store_true")
+    p.add_argument("--skip-textures", action="store_true", help="no deletion test on the textures run")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -211,15 +212,15 @@ def main(argv: list[str] | None = None) -> dict:
     textures = reference_run(
         out, "real_textures", ["data=real_textures", f"data.num_images={args.ref_images}", *common]
     )
-    tex_images = _textures(args.images, seed=7)  # not the run's images
-    results["deletion"]["real_textures"] = deletion_study(
-        textures,
-        tex_images,
-        max_images=args.images,
-        sobol_masks=args.sobol_masks,
-        random_orders=args.random_orders,
-        layers=score,
-    )
+    if not args.skip_textures:
+        results["deletion"]["real_textures"] = deletion_study(
+            textures,
+            _textures(args.images, seed=7),  # new mosaics, not the run's images
+            max_images=args.images,
+            sobol_masks=args.sobol_masks,
+            random_orders=args.random_orders,
+            layers=score,
+        )
     if not args.skip_histology:
         ihc = reference_run(out, "ihc", ["data=ihc", *common])
         from dpmodels.analysis import RunOutputs
@@ -230,9 +231,14 @@ def main(argv: list[str] | None = None) -> dict:
         )  # fmt: skip
     if args.apply_images > 0:
         results["apply_speed"] = apply_speed(textures, args.apply_images)
-    (out / "deletion.json").write_text(json.dumps(results, indent=2, default=str))
+    tag = (
+        ""
+        if not (args.skip_textures or args.skip_histology)
+        else ("_ihc" if args.skip_textures else "_textures")
+    )
+    (out / f"deletion{tag}.json").write_text(json.dumps(results, indent=2, default=str))
     md = _markdown(results)
-    (out / "deletion.md").write_text(md)
+    (out / f"deletion{tag}.md").write_text(md)
     print(md)
     return results
 
