@@ -96,7 +96,9 @@ def run(cfg: DictConfig, group=None) -> dict | None:
         net.update(weights=None, train=False)
         control, control_info = network(device=cfg.device, **net)
         log.info("control: %s with random weights, into control/", name)
-        control_metrics = _analyze(cfg, images, control, staging / "control", control_info, group)
+        control_metrics = _analyze(
+            cfg, images, control, staging / "control", control_info, group, importance=False
+        )
         if cfg.viz.enabled and metrics is not None:
             paper_figure(
                 staging, images, {"trained": metrics, "random weights": control_metrics}, cfg.viz.dpi
@@ -129,7 +131,9 @@ def check_rank(infer: DictConfig, layers: DictConfig) -> None:
         )
 
 
-def _analyze(cfg: DictConfig, images, model, out_dir: Path, net_info: dict, group=None) -> dict | None:
+def _analyze(
+    cfg: DictConfig, images, model, out_dir: Path, net_info: dict, group=None, importance: bool = True
+) -> dict | None:
     layers = OmegaConf.to_container(cfg.layers, resolve=True)
     return analyze(
         images,
@@ -146,6 +150,7 @@ def _analyze(cfg: DictConfig, images, model, out_dir: Path, net_info: dict, grou
         baselines=cfg.evaluate.baselines,
         k_max=cfg.evaluate.k_max,
         network=net_info,
+        importance=OmegaConf.to_container(cfg.importance) if importance and cfg.importance.enabled else None,
         seed=cfg.seed,
         device=cfg.device,
         progress=cfg.infer.progress,

@@ -502,13 +502,18 @@ def stop_process_group(group, out_dir: Path, shared_dir: Path | None) -> None:
         out_dir.rmdir()  # kept when it holds anything else (an error.txt of this rank, say)
 
 
+SWITCHES = ("importance",)  # config nodes switched on and off as a whole: importance=true
+
+
 def guard_argv(main):
     """Check the command line before Hydra parses it: Hydra's grammar rejects unquoted non-ASCII
-    values with a lexer trace; say how to quote them instead."""
+    values with a lexer trace; say how to quote them instead. ``importance=true`` (a node of
+    ``SWITCHES`` set to a boolean) is read as ``importance.enabled=true``."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         if not args and not kwargs:
+            sys.argv[1:] = [_switch(arg) for arg in sys.argv[1:]]
             for arg in sys.argv[1:]:
                 key, sep, value = arg.partition("=")
                 if sep and not value.isascii() and not value.startswith(("'", '"')):
@@ -520,3 +525,10 @@ def guard_argv(main):
         return main(*args, **kwargs)
 
     return wrapper
+
+
+def _switch(arg: str) -> str:
+    key, sep, value = arg.partition("=")
+    if sep and key in SWITCHES and value.lower() in ("true", "false"):
+        return f"{key}.enabled={value.lower()}"
+    return arg

@@ -218,6 +218,18 @@ class EvaluateConf:
 
 
 @dataclass
+class ImportanceConf:
+    """Concept importance (``dpmodels.importance``): for each layer and class, the drop of the
+    class's logit when a concept's positions are replaced by the layer's reference mean."""
+
+    enabled: bool = False
+    classes: list[int] | None = None  # classes to explain; null = each image's top-1 class
+    sobol_masks: int = 16  # random keep/remove masks per image for the Sobol total index (0 = off)
+    max_images: int = 16  # images scored (the first ones); each costs (K + masks) forward passes
+    figure: bool = True  # figures/importance_<layer>_class<c>.png
+
+
+@dataclass
 class AnalyzeConf:
     data: DataConf = field(default_factory=DataConf)
     net: NetConf = field(default_factory=NetConf)
@@ -227,6 +239,7 @@ class AnalyzeConf:
     model: ModelConf = field(default_factory=ModelConf)
     viz: VizConf = field(default_factory=VizConf)
     evaluate: EvaluateConf = field(default_factory=EvaluateConf)
+    importance: ImportanceConf = field(default_factory=ImportanceConf)
     seed: int = 0  # seeds fitting, subsampling and posterior draws
     device: str = "cpu"  # cpu | cuda
     cache_dir: str | None = None  # trained networks; null = $DPMODELS_CACHE or ~/.cache/dpmodels
@@ -236,6 +249,22 @@ class AnalyzeConf:
     overwrite: bool = False  # replace the results a run directory holds (swapped in when the new run ends)
     # torch CPU threads; null = this process's share of the cores (cores // parallel jobs of a
     # hydra/launcher=parallel multirun, or OMP_NUM_THREADS when set); not part of the config hash
+    threads: int | None = None
+
+
+@dataclass
+class ApplyConf:
+    """``python -m experiments.apply run=DIR data=<group>``: a finished run's fitted layers applied
+    to new images, without refitting, into a new run directory."""
+
+    run: str = MISSING  # the reference run directory (a finished run of experiments.analyze)
+    data: DataConf = field(default_factory=DataConf)
+    viz: VizConf = field(default_factory=VizConf)
+    importance: ImportanceConf = field(default_factory=ImportanceConf)
+    batch_size: int = 64  # images per forward pass
+    device: str = "cpu"
+    cache_dir: str | None = None  # the trained small CNN's cache; null = the run's, else the default
+    overwrite: bool = False
     threads: int | None = None
 
 
@@ -294,6 +323,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="analyze_schema", node=AnalyzeConf)
     cs.store(name="demo_schema", node=DemoConf)
+    cs.store(name="apply_schema", node=ApplyConf)
     for group, node in GROUPS.items():
         if group != "data":
             cs.store(group=group, name="schema", node=node)

@@ -3,7 +3,8 @@ see exactly what the job wrote.
 
 A run directory holds ``metrics.json``, ``summary.md``, ``images.npz`` (the analysed images, uint8,
 with masks when known), ``maps/<layer>.npz`` (each layer's maps at map resolution with its
-geometry), ``posterior/<layer>.nc`` (ArviZ InferenceData) and ``figures/*.png``, and, written
+geometry), ``posterior/<layer>.nc`` (ArviZ InferenceData), ``fits/<layer>.pt`` (the fitted layer,
+for :meth:`RunOutputs.apply`) and ``figures/*.png``, and, written
 last, ``run_complete.json``: the run's config, overrides and a manifest of every file (size and
 SHA-256). :class:`RunOutputs` opens only a directory whose files agree with its manifest, so a run
 that was interrupted, or is being replaced, is never read as finished.
@@ -144,6 +145,24 @@ class RunOutputs:
     def posterior_path(self, layer: str) -> Path:
         self._check(layer)
         return self.run_dir / "posterior" / f"{layer_file(layer)}.nc"
+
+    def fit(self, layer: str):
+        """The layer's fitted posterior, transform and reference mean (``fits/<layer>.pt``, a
+        :class:`~dpmodels.analysis.fitfile.LayerFitFile`)."""
+        from .fitfile import load_fit
+
+        self._check(layer)
+        return load_fit(self.run_dir / "fits" / f"{layer_file(layer)}.pt")
+
+    def apply(self, images, **kwargs):
+        """Map new ``images`` (``ImageSet``, ``(I, C, H, W)`` tensor in ``[0, 1]`` or a list of
+        ``(C, H, W)``) with this run's network, transforms and fitted posteriors, without refitting:
+        an :class:`~dpmodels.analysis.apply.AppliedRun` (maps, per-layer shift, per-image table).
+        Keywords: those of :func:`~dpmodels.analysis.apply.apply_run` (``model``, ``device``,
+        ``out_dir``, ``cache_dir``, ...)."""
+        from .apply import apply_run
+
+        return apply_run(self, images, **kwargs)
 
     def _check(self, layer: str) -> None:
         if layer not in self.metrics["layers"]:

@@ -21,6 +21,7 @@ from ..activations import extract
 from ..data.images import ImageSet
 from ..io import atomic_path, atomic_write_json
 from ..maps import LayerMaps, layer_maps, n_active_draws
+from .fitfile import network_fingerprint, save_fit
 from .fitting import LayerFit, fit_layers, gather_layers, read_points
 from .outputs import layer_file, save_images, save_layer_maps
 from .report import write_figures, write_summary
@@ -94,6 +95,7 @@ def analyze(
     concepts: dict | None = None,
     spatial: dict | None = None,
     network: dict | None = None,
+    importance: dict | None = None,
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
@@ -112,7 +114,10 @@ def analyze(
     ``{"enabled": False}``: each layer's components merged into concepts, scored at both levels;
     ``spatial``: ``{"coupling": beta, "coupled_max_iter": n}`` with ``beta > 0`` fits each layer with
     assignments coupled to their grid neighbours (:mod:`dpmodels.spatial`, on whole images) and
-    draws its cluster and entropy maps from the coupled ``q(z)``.
+    draws its cluster and entropy maps from the coupled ``q(z)``. ``importance``: keywords of
+    :func:`dpmodels.analysis.importance.run_importance` (``classes``, ``sobol_masks``,
+    ``max_images``, ``figure``): each layer's concept importance for the network's classes, into
+    ``importance.csv`` and ``figures/importance_<layer>_class<c>.png``.
 
     ``group`` (a :class:`~dpmodels.distributed.DataParallel`; every rank calls ``analyze`` with the
     same images and settings, and the same ``out_dir``, on a file system they share): each rank
@@ -151,6 +156,16 @@ def analyze(
     }
     if group is not None:
         metrics["parallel"] = {"world_size": group.world_size, "backend": group.backend}
+    if importance is not None and importance.get("enabled", True):
+        from .fitfile import load_fit
+        from .importance import run_importance
+
+        t0 = time.perf_counter()
+        imp = {k: v for k, v in importance.items() if k != "enabled"}
+        imp["figure"] = bool(imp.get("figure", True)) and bool((figures or {}).get("enabled", True))
+        fits_files = {n: load_fit(out_dir / "fits" / f"{layer_file(n)}.pt") for n in fits}
+        run_importance(model, images, fits_files, out_dir=out_dir, seed=seed, device=device, **imp)
+        timings["importance_seconds"] = time.perf_counter() - t0
     _write_outputs(out_dir, images, metrics, results, dict(figures or {}))
     return metrics
 
@@ -234,6 +249,7 @@ class _LayerResults:
         self.concept_cfg = concepts
         self.maps, self.rows, self.k_draws, self.eval_rows = {}, {}, {}, []
         self.concept_maps, self.concept_sel = {}, {}
+        self.fingerprint: str | None = None
 
     def add(self, job: _Job, name: str, fit: LayerFit, acts: dict) -> None:
         from ..diagnostics import save_inference_data, to_inference_data  # ArviZ only when needed
@@ -248,6 +264,9 @@ class _LayerResults:
             maps = coupled_maps(maps, fit.model, layer)
         self.maps[name] = maps
         save_layer_maps(out_dir, maps)
+        if self.fingerprint is None:
+            self.fingerprint = network_fingerprint(job.model)
+        save_fit(out_dir, name, fit.model.posterior_, layer, self.fingerprint)  # for apply and importance
         self.k_draws[name] = n_active_draws(fit.model.posterior_, num_draws=max(num_draws, 100), seed=seed)
         evaluation = None
         if images.masks is not None:
