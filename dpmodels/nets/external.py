@@ -27,7 +27,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointError, check_compatible, load_checkpoint
@@ -271,9 +270,10 @@ class HFVisionNet(LayerModel):
         blocks = int(config.num_hidden_layers)
         lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == blocks]
         block = type(lists[0][0]).__name__ if lists and blocks else "block"
-        embeddings = type(
-            getattr(model, "embeddings", None) or getattr(model, "vision_model").embeddings
-        ).__name__
+        emb = getattr(model, "embeddings", None) or getattr(
+            getattr(model, "vision_model", None), "embeddings", None
+        )
+        embeddings = type(emb).__name__ if emb is not None else "embeddings"
         self._layers = {"embeddings": embeddings, **{f"blocks.{i}": block for i in range(blocks)}}
         self.default_layers = _evenly([f"blocks.{i}" for i in range(blocks)])
         self.whole_image_layers = frozenset(n for n in self._layers if n != "embeddings")
