@@ -189,7 +189,10 @@ def run(
             for label, builder in zoo_models():
                 torch.manual_seed(0)
                 rows.append(_throughput(label, builder(), 224, zoo_images, 8, None))
-                log(f"  {label} 224px: {rows[-1]['images_per_s']:.1f} images/s")
+                log(
+                    f"  {label} 224px: {rows[-1]['images_per_s']:.3g} images/s, extract call "
+                    f"{rows[-1]['wall_seconds']:.1f} s (geometry {rows[-1]['geometry_seconds']:.1f} s)"
+                )
     n_store = store_images if store_images is not None else (40 if quick else 10_000)
     rows.append(_store(n_store, 32 if quick else 128, batch_size=8 if quick else 64))
     log(f"  store: {rows[-1]['stored_gib']:.2f} GiB on disk, peak RSS {rows[-1]['peak_rss_mib']:.0f} MiB")
