@@ -66,7 +66,7 @@ def run(cfg: DictConfig, group=None) -> dict | None:
     log.info(
         "data: %s, %d images %s, masks: %s", images.name, len(images), images.size, images.masks is not None
     )
-    if OmegaConf.is_missing(cfg.net, "name"):
+    if OmegaConf.is_missing(cfg.net, "name") or not cfg.net.name:
         raise ValueError(
             f"net={cfg.net.source} needs net.name=<model>: a timm model name (convnext_tiny), a Hugging Face hub "
             "id or folder (facebook/dinov2-small), or an open_clip architecture (ViT-B-32)."
