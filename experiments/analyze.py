@@ -68,8 +68,16 @@ def run(cfg: DictConfig, group=None) -> dict | None:
     log.info(
         "data: %s, %d images %s, masks: %s", images.name, len(images), images.size, images.masks is not None
     )
+    if OmegaConf.is_missing(cfg.net, "name") or not cfg.net.name:
+        raise ValueError(
+            f"net={cfg.net.source} needs net.name=<model>: a timm model name (convnext_tiny), a Hugging Face hub "
+            "id or folder (facebook/dinov2-small), or an open_clip architecture (ViT-B-32)."
+        )
     net = OmegaConf.to_container(cfg.net, resolve=True)
-    check_layers(net["name"], cfg.layers.names, in_channels=images.channels, widths=net["widths"])
+    check_layers(
+        net["name"], cfg.layers.names, in_channels=images.channels, widths=net["widths"],
+        source=net["source"], options=net["options"],
+    )  # fmt: skip
     if group is None:
         staging = mark_started(out_dir, cfg)  # results are written here, published by mark_done
     else:

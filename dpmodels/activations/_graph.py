@@ -5,7 +5,10 @@ train/eval flag.
 Layer names are the eval-mode node names of ``torchvision.models.feature_extraction`` (FX
 tracing). A model that FX cannot trace (data-dependent control flow, unsupported ops) falls back to
 forward hooks on its named submodules; its layer names are then the module names of
-``model.named_modules()`` and a module called several times reports its last call.
+``model.named_modules()`` and a module called several times reports its last call. A model that
+reads its own layers (the wrappers of :mod:`dpmodels.nets.external`: timm, Hugging Face, open_clip)
+offers ``tap_names()`` and ``forward_layers(x, names) -> {name: (b, C, H_l, W_l)}``; its mode is
+``"own"``.
 
 A node's output becomes a map ``(b, C, H_l, W_l)`` according to its :class:`Layout`: channel-first
 maps as they are, channel-last ``(b, H_l, W_l, C)`` maps (ConvNeXt blocks, Swin) permuted, and a
@@ -80,7 +83,10 @@ def to_map(output: Tensor, layout: Layout) -> Tensor:
 def layer_names(model: nn.Module) -> tuple[list[str], str]:
     """``(names, mode)``: the model's eval-mode node names without the input placeholder and the
     final output, with ``mode = "fx"``; or, when FX tracing fails, its named submodules with
-    ``mode = "hooks"``."""
+    ``mode = "hooks"``; for a model with its own layer protocol (``tap_names``/``forward_layers``),
+    those names with ``mode = "own"``."""
+    if _own_layers(model):
+        return list(model.tap_names()), "own"
     with preserve_mode(model):
         try:
             _, names = get_graph_node_names(model, suppress_diff_warning=True)
@@ -96,6 +102,10 @@ def layer_names(model: nn.Module) -> tuple[list[str], str]:
             return [n for n, _ in model.named_modules() if n], "hooks"
 
 
+def _own_layers(model: nn.Module) -> bool:
+    return callable(getattr(model, "tap_names", None)) and callable(getattr(model, "forward_layers", None))
+
+
 def container_names(model: nn.Module, nodes: Sequence[str]) -> list[str]:
     """Names of submodules that contain several nodes (``"layer1"`` for ``"layer1.0.conv1"`` ...):
     valid layer names too, meaning the output of the last node inside them (as in
@@ -107,6 +117,8 @@ def container_names(model: nn.Module, nodes: Sequence[str]) -> list[str]:
 def module_type(model: nn.Module, name: str) -> str:
     """What produces node ``name``: the submodule's class name (``"Conv2d"``, ``"ReLU"``) or, for a
     function node such as ``layer1.0.add`` or ``relu_1``, the function's name (``"add"``)."""
+    if _own_layers(model) and callable(getattr(model, "layer_type", None)):
+        return model.layer_type(name)
     for candidate in (name, re.sub(r"_\d+$", "", name)):
         try:
             return type(model.get_submodule(candidate)).__name__
@@ -169,6 +181,8 @@ class Tap:
                 except Exception as err:  # noqa: BLE001
                     log.info("create_feature_extractor failed (%s); using forward hooks instead.", err)
                     self.mode = "hooks"
+        if self.mode == "own":
+            check_layer_names(self.layers, model.tap_names())
         if self.mode == "hooks":
             modules = dict(model.named_modules())
             missing = [n for n in self.layers if n not in modules]
@@ -182,6 +196,8 @@ class Tap:
         return {n: to_map(o, self.layouts[n]) if n in self.layouts else o for n, o in outs.items()}
 
     def _outputs(self, x: Tensor) -> dict:
+        if self.mode == "own":
+            return dict(self.model.forward_layers(x, self.layers))
         if self.extractor is not None:
             self.extractor.train(self.model.training)
             out = self.extractor(x)

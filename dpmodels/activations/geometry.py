@@ -124,9 +124,11 @@ def layer_geometry(
     final = {
         n: [None if not axes or axes[d][3] else axes[d] for d in (0, 1)] for n, (_, axes) in first.items()
     }
+    # layers that see the whole image at any size (a wrapper's transformer blocks): no enlarged probes
+    whole = set(getattr(model, "whole_image_layers", ()))
     probe_inputs = 1  # enlarged probes serve deep layers, whose many paths leave few holes: one input each
     for dim in (0, 1):  # probe each axis on inputs enlarged along that axis only (cheaper than both)
-        pending = [n for n in layers if final[n][dim] is None]
+        pending = [n for n in layers if final[n][dim] is None and n not in whole]
         size = [H, W]
         while pending and size[dim] * 2 <= max_probe:
             size[dim] *= 2

@@ -37,11 +37,14 @@ def obtain_network(
     device: str = "cpu",
     progress: bool = True,
     download: bool = False,
+    source: str = "builtin",
+    options: dict | None = None,
 ) -> tuple[nn.Module, dict]:
     """``(model in eval mode, info)``; ``info`` says what the network is, the input preprocessing it
     carries (applied by extraction) and, when trained, its test accuracy on fresh texture patches
     (``seed + 1``) and whether it came from the cache. ``download`` lets torchvision weights that are
-    not in the torch hub cache be fetched into it."""
+    not in the torch hub cache be fetched into it. ``source`` (``"timm"``, ``"hf"``, ``"open_clip"``)
+    and ``options`` (the library builder's keyword arguments): see :func:`dpmodels.nets.build_net`."""
     if train and name != "small_cnn":
         raise ValueError(
             f"net.train=true trains the small CNN on texture patches; {name!r} is used as loaded "
@@ -49,12 +52,20 @@ def obtain_network(
         )
     if name != "small_cnn" and tuple(widths) != (16, 32, 64):
         raise ValueError(f"net.widths only applies to small_cnn, not {name!r}; remove the override.")
+    if options and source == "builtin":
+        raise ValueError(
+            f"net.options applies to net=timm, net=hf and net=open_clip, not {name!r}; remove it."
+        )
     info: dict = {"name": name, "weights": weights, "trained": False}
+    if source != "builtin":
+        info["source"] = source
     if not train:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            kwargs = {"widths": list(widths)} if name == "small_cnn" else {}
-            model = build_net(name, weights=weights, in_channels=in_channels, download=download, **kwargs)
+            kwargs = {"widths": list(widths)} if name == "small_cnn" else dict(options or {})
+            model = build_net(
+                name, weights=weights, in_channels=in_channels, download=download, source=source, **kwargs
+            )
         info["weights"] = weights or f"random (seed {seed})"
         pre = model_preprocessing(model)
         info["preprocessing"] = None if pre is None else pre.as_dict()
@@ -102,6 +113,8 @@ def check_layers(
     *,
     in_channels: int = 3,
     widths: Sequence[int] = (16, 32, 64),
+    source: str = "builtin",
+    options: dict | None = None,
     **_,
 ) -> None:
     """Fail early (before any training) when a requested layer does not exist in the architecture."""
@@ -111,9 +124,9 @@ def check_layers(
         return
     from ..activations.layers import check_layer_names, container_names, layer_names
 
-    kwargs = {"widths": list(widths)} if name == "small_cnn" else {}
+    kwargs = {"widths": list(widths)} if name == "small_cnn" else dict(options or {})
     with torch.random.fork_rng(devices=[]):
-        model = build_net(name, weights=None, in_channels=in_channels, **kwargs)
+        model = build_net(name, weights=None, in_channels=in_channels, source=source, **kwargs)
     names, mode = layer_names(model)
     # container modules ("layer1") are valid wherever node names are (their last node's output)
     check_layer_names(list(layers), names + (container_names(model, names) if mode == "fx" else []))

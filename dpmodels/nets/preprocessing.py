@@ -15,13 +15,17 @@ __all__ = ["Preprocessing", "model_preprocessing", "torchvision_preprocessing"]
 @dataclass(frozen=True)
 class Preprocessing:
     """``(x - mean) / std`` per channel on RGB images in ``[0, 1]``; ``size``: the side the network was
-    trained at (informative: images are not resized here); ``source``: where the convention comes from."""
+    trained at (informative: images are not resized here); ``source``: where the convention comes from;
+    ``interpolation`` and ``crop_pct``: the resampling and centre-crop share the source names (recorded,
+    not applied: images come at the size the data gives)."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     size: int | None = None
     colour: str = "RGB"
     source: str = ""
+    interpolation: str | None = None
+    crop_pct: float | None = None
 
     def __post_init__(self):
         mean, std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)

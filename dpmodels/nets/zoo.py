@@ -79,9 +79,15 @@ def build_net(
     in_channels: int = 3,
     num_classes: int | None = None,
     download: bool = False,
+    source: str = "builtin",
     **kwargs,
 ) -> nn.Module:
     """Build network ``name`` (see :func:`available_nets`) in eval mode.
+
+    ``source``: ``"builtin"`` (this module's networks and torchvision's), or ``"timm"``, ``"hf"``
+    (Hugging Face hub id or folder), ``"open_clip"`` for the wrappers of
+    :mod:`dpmodels.nets.external` (their ``weights``: ``None``, ``"DEFAULT"`` / a pretrained tag from
+    the local cache, or a file; ``kwargs`` go to the library's builder).
 
     ``num_classes`` sets the output size (default: 8 for ``small_cnn``, 1000 or the pretrained
     weights' class count for torchvision; with pretrained weights and another count, the final
@@ -92,6 +98,14 @@ def build_net(
     fetched into it. Raises ``ValueError`` for an unknown name or weights name and
     ``FileNotFoundError`` for weights that are not on disk.
     """
+    if source != "builtin":
+        from .external import build_external
+
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        return build_external(
+            source, name, weights=weights, download=download, in_channels=in_channels, **kwargs
+        )
     names = available_nets()
     if name not in names:
         raise ValueError(f"unknown network {name!r}; available: {', '.join(names)}.")

@@ -134,11 +134,14 @@ class BenchmarkCase:
 class ExtractionSettings:
     """The activation-extraction benchmark (:mod:`experiments.bench.extraction`): throughput of the
     small CNN and resnet18 at 64 and 224 px, and peak memory while streaming ``store_images``
-    images of a large layer to disk (``None``: 10 000)."""
+    images of a large layer to disk (``None``: 10 000); ``zoo``: also timm and Hugging Face models at
+    224 px (``zoo_images`` images each; skipped with a note when the libraries are absent)."""
 
     enabled: bool = False
     quick: bool = False
     store_images: int | None = None
+    zoo: bool = True
+    zoo_images: int = 8
 
 
 @dataclass

@@ -7,7 +7,12 @@ Rows (one ``dict`` each, keys :data:`ROW_FIELDS`):
   importable, else :class:`FallbackCNN`, a conv-bn-relu-pool net defined here; the ``net`` column
   says which) and ``torchvision.models.resnet18(weights=None)`` at 64 and 224 px, and the
   ImageNet-trained EfficientNet-Lite0 (the main job's default network, with its preprocessing) at
-  224 px, in memory.
+  224 px, in memory; with ``zoo`` (not in ``--quick``), the timm models ``resnet50``,
+  ``convnext_tiny``, ``efficientnet_b0``, ``regnety_008``, ``vit_small_patch16_224``,
+  ``deit_tiny_patch16_224``, ``swin_tiny_patch4_window7_224``, ``eva02_tiny_patch14_224`` and the
+  Hugging Face encoders DINOv2-S/14, ViT-B/16, CLIP ViT-B/32 and SigLIP-B/16 (their default
+  configs, random weights) at 224 px on their default layers (``net`` ``timm:<name>`` /
+  ``hf:<class>``), when timm and transformers are installed.
   ``wall_seconds`` covers one ``extract`` call; ``geometry_seconds`` is the part of it spent probing
   layer geometry (measured by a separate :func:`~dpmodels.activations.list_layers` call), and
   ``images_per_s`` / ``positions_per_s`` use the time without it (positions summed over layers).
@@ -75,7 +80,8 @@ def _throughput(
     name: str, model: nn.Module, size: int, n_images: int, batch_size: int, max_layers: int | None
 ) -> dict:
     x = torch.rand(n_images, 3, size, size, generator=torch.Generator().manual_seed(0))
-    layers = conv_layers(model, (3, size, size))[:max_layers]
+    layers = getattr(model, "default_layers", None) or conv_layers(model, (3, size, size))
+    layers = list(layers)[:max_layers]
     t0 = time.perf_counter()
     list_layers(model, (3, size, size), layers=layers)
     geometry = time.perf_counter() - t0
@@ -125,7 +131,36 @@ def _store(n_images: int, size: int, batch_size: int) -> dict:
                 stored_gib=stored, peak_rss_mib=out["peak_rss_mib"])  # fmt: skip
 
 
-def run(quick: bool = False, store_images: int | None = None, log=print) -> list[dict]:
+ZOO_TIMM = ("resnet50 convnext_tiny efficientnet_b0 regnety_008 vit_small_patch16_224 deit_tiny_patch16_224 "
+            "swin_tiny_patch4_window7_224 eva02_tiny_patch14_224").split()  # fmt: skip
+
+
+def zoo_models():
+    """``(label, builder)`` of the zoo rows: timm models and Hugging Face encoders, random weights."""
+    from dpmodels.nets import build_net
+
+    for name in ZOO_TIMM:
+        yield f"timm:{name}", lambda name=name: build_net(name, source="timm", weights=None)
+    import transformers as t
+
+    from dpmodels.nets.external import HFVisionNet
+
+    configs = {
+        "Dinov2Model": t.Dinov2Config(hidden_size=384, num_attention_heads=6, patch_size=14, image_size=224),
+        "ViTModel": t.ViTConfig(),
+        "CLIPVisionModel": t.CLIPVisionConfig(),
+        "SiglipVisionModel": t.SiglipVisionConfig(),
+    }
+    for kind, config in configs.items():
+        yield (
+            f"hf:{kind}",
+            lambda kind=kind, config=config: HFVisionNet(getattr(t, kind)(config).eval(), kind, None),
+        )
+
+
+def run(
+    quick: bool = False, store_images: int | None = None, log=print, zoo: bool = True, zoo_images: int = 8
+) -> list[dict]:
     """All rows; ``quick`` shrinks every case to seconds (for tests): 32 px, 4 images, the first two
     default layers only (deep layers' geometry probes dominate at tiny sizes), 40 stored images."""
     sizes = (32,) if quick else (64, 224)
@@ -144,6 +179,20 @@ def run(quick: bool = False, store_images: int | None = None, log=print) -> list
             _throughput("efficientnet_lite0", lite, size, 4 if quick else 32, 16, 2 if quick else None)
         )
         log(f"  efficientnet_lite0 (ImageNet) {size}px: {rows[-1]['images_per_s']:.1f} images/s")
+    if zoo and not quick:
+        try:
+            import timm  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError:
+            log('  zoo rows skipped: timm/transformers not installed (pip install -e ".[zoo]")')
+        else:
+            for label, builder in zoo_models():
+                torch.manual_seed(0)
+                rows.append(_throughput(label, builder(), 224, zoo_images, 8, None))
+                log(
+                    f"  {label} 224px: {rows[-1]['images_per_s']:.3g} images/s, extract call "
+                    f"{rows[-1]['wall_seconds']:.1f} s (geometry {rows[-1]['geometry_seconds']:.1f} s)"
+                )
     n_store = store_images if store_images is not None else (40 if quick else 10_000)
     rows.append(_store(n_store, 32 if quick else 128, batch_size=8 if quick else 64))
     log(f"  store: {rows[-1]['stored_gib']:.2f} GiB on disk, peak RSS {rows[-1]['peak_rss_mib']:.0f} MiB")
