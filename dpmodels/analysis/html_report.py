@@ -151,7 +151,9 @@ def _level(images: np.ndarray, maps: LayerMaps, masks, mask_names, top_k: int) -
     pal = _cluster_palette(K)
     lab_in = upsample_map(maps.labels, maps.geometry, "nearest").numpy()  # (I, H, W)
     cells = [_indexed_png(np.where(lab < 0, 255, np.minimum(lab, 254)), pal) for lab in lab_in]
-    shown = sorted(set(torch.nonzero(maps.active).flatten().tolist()) | set(torch.unique(maps.labels).tolist()))
+    shown = sorted(
+        set(torch.nonzero(maps.active).flatten().tolist()) | set(torch.unique(maps.labels).tolist())
+    )
     overlaps = _overlaps(maps, masks, mask_names)
     members = maps.meta.get("component_to_concept")
     n = torch.bincount(maps.labels[maps.labels >= 0].long(), minlength=K)
@@ -160,7 +162,7 @@ def _level(images: np.ndarray, maps: LayerMaps, masks, mask_names, top_k: int) -
         entry = {
             "weight": float(maps.weights[k]),
             "positions": int(n[k]),
-            "colour": "#%02x%02x%02x" % tuple(int(c) for c in pal[min(k, 254)]),
+            "colour": "#" + "".join(f"{int(c):02x}" for c in pal[min(k, 254)]),
             "prototypes": _prototypes(images, maps, k, top_k),
         }
         if k in overlaps:
@@ -254,7 +256,7 @@ def _layer_head(L: dict) -> str:
     for kind, (_, s) in L["scalars"].items():
         text += (
             f'<div class="bar">{kind} <span>{s["lo"]:.3g}</span><img src="{s["bar"]}" alt="{kind} scale">'
-            f'<span>{s["hi"]:.3g}</span> <small>{html.escape(s["label"])}</small></div>'
+            f"<span>{s['hi']:.3g}</span> <small>{html.escape(s['label'])}</small></div>"
         )
     return f'<th class="layer">{text}</th>'
 
@@ -268,7 +270,9 @@ def _figures(run_dir: Path) -> str:
             'alt="seed paper figure">'
         )
     if (run_dir / "control" / REPORT_FILE).is_file() or (run_dir / "control" / "metrics.json").is_file():
-        parts.append('<p>The random-weight control: <a href="control/report.html">control/report.html</a></p>')
+        parts.append(
+            '<p>The random-weight control: <a href="control/report.html">control/report.html</a></p>'
+        )
     figs = sorted((run_dir / "figures").glob("*.png")) if (run_dir / "figures").is_dir() else []
     if figs:
         links = " · ".join(f'<a href="figures/{p.name}">{html.escape(p.stem)}</a>' for p in figs)

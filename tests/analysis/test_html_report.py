@@ -17,7 +17,7 @@ import torch
 
 from dpmodels.activations.types import LayerGeometry
 from dpmodels.analysis import RunOutputs
-from dpmodels.analysis.html_report import build_html_report, write_html_report
+from dpmodels.analysis.html_report import build_html_report
 from dpmodels.analysis.outputs import save_concept_maps, save_images, save_layer_maps
 from dpmodels.data.images import ImageSet
 from dpmodels.io import atomic_write_json
@@ -74,7 +74,12 @@ def handmade_run(tmp_path):
     save_concept_maps(run, concepts)
     imgs = torch.rand(I, 3, H, H, generator=gen)
     save_images(run, ImageSet(imgs, masks, None, names, ["left", "right"], None, "quads"))
-    row = {"n_active": 2, "n_active_interval": [2.0, 3.0], "elbo": -1.5, "concepts": {"k": 1, "k_interval": [1, 2]}}
+    row = {
+        "n_active": 2,
+        "n_active_interval": [2.0, 3.0],
+        "elbo": -1.5,
+        "concepts": {"k": 1, "k_interval": [1, 2]},
+    }
     metrics = {"layers": {"block.1": row}, "data": {"name": "quads", "num_images": I, "size": [H, H]}}
     atomic_write_json(run / "metrics.json", {**metrics, "network": {"name": "net"}, "timings": {}})
     return run, maps
@@ -174,12 +179,19 @@ def test_main_job_writes_the_report_into_its_manifest_and_a_rebuild_keeps_the_ru
 def test_report_in_headless_chromium(tiny_run, tmp_path, record_property):
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e '.[dev]')")
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     run = RunOutputs(tiny_run)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -198,16 +210,23 @@ def test_report_in_headless_chromium(tiny_run, tmp_path, record_property):
         assert not panel.is_displayed()
         last = driver.find_elements(By.CSS_SELECTOR, f'img.clickable[data-layer="{len(run.layers) - 1}"]')[0]
         driver.execute_script("arguments[0].scrollIntoView()", last)
-        last.click()  # the centre of image 0's cluster map of the deepest layer
+        # click the middle of input pixel (py, px) of image 0's cluster map of the deepest layer
+        labels_in = upsample_map(
+            run.maps(run.layers[-1]).labels, run.maps(run.layers[-1]).geometry, "nearest"
+        )[0]
+        H, W = labels_in.shape
+        py, px = H // 4, (3 * W) // 4
+        size = driver.execute_script(
+            "const r = arguments[0].getBoundingClientRect(); return [r.width, r.height]", last
+        )
+        dx, dy = (px + 0.5) * size[0] / W - size[0] / 2, (py + 0.5) * size[1] / H - size[1] / 2
+        ActionChains(driver).move_to_element_with_offset(last, round(dx), round(dy)).click().perform()
         assert panel.is_displayed()
         text = driver.find_element(By.ID, "panel-body").text
         assert run.layers[-1] in text and "weight" in text and "K̂ (90% interval)" in text
         assert "majority region" in text  # the textures have masks
         assert driver.find_elements(By.CSS_SELECTOR, "#panel .protos img")
-        maps = run.maps(run.layers[-1])
-        Hl, Wl = maps.geometry.map_size
-        centre = upsample_map(maps.labels, maps.geometry, "nearest")[0]
-        k = int(centre[centre.shape[0] // 2, centre.shape[1] // 2])
+        k = int(labels_in[py, px])
         assert f"cluster {k}" in text  # the cluster under the click, as the maps say
         swatch = driver.find_elements(By.CSS_SELECTOR, '.swatch[data-level="concepts"]')[0]
         driver.execute_script("arguments[0].scrollIntoView()", swatch)
