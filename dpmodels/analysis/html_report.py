@@ -255,10 +255,15 @@ def _layer_head(L: dict) -> str:
     text += f'<div class="order">cell: {" · ".join(order)}</div>'
     for kind, (_, s) in L["scalars"].items():
         text += (
-            f'<div class="bar">{kind} <span>{s["lo"]:.3g}</span><img src="{s["bar"]}" alt="{kind} scale">'
-            f"<span>{s['hi']:.3g}</span> <small>{html.escape(s['label'])}</small></div>"
+            f'<div class="bar">{kind} <span>{_num(s["lo"])}</span><img src="{s["bar"]}" alt="{kind} scale">'
+            f"<span>{_num(s['hi'])}</span> <small>{html.escape(s['label'])}</small></div>"
         )
     return f'<th class="layer">{text}</th>'
+
+
+def _num(v: float) -> str:
+    """A colour-bar end: 3 significant digits, ``0`` for magnitudes under 0.001."""
+    return f"{v:.3g}" if abs(v) >= 1e-3 else "0"
 
 
 def _figures(run_dir: Path) -> str:
