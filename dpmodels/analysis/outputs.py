@@ -51,13 +51,18 @@ def _save_npz(path: Path, **arrays) -> None:
         np.savez_compressed(fh, **arrays)
 
 
-def save_layer_maps(run_dir: str | Path, maps: LayerMaps, folder: str = "maps") -> Path:
+def save_layer_maps(
+    run_dir: str | Path, maps: LayerMaps, folder: str = "maps", drop_nan: bool = False
+) -> Path:
     """``<run_dir>/<folder>/<layer>.npz``: every map kind ``(I, H_l, W_l)`` with the layer's
-    geometry, cluster weights and flags; kinds that are ``NaN`` everywhere (the epistemic split at
-    the concept level) are left out."""
+    geometry, cluster weights and flags; with ``drop_nan``, kinds that are ``NaN`` everywhere (the
+    epistemic split at the concept level) are left out."""
     path = Path(run_dir) / folder / f"{layer_file(maps.name)}.npz"
     kinds = [k for k in MAPS if k in maps.values] + [k for k in maps.values if k not in MAPS]
-    kinds = [k for k in kinds if not (maps.values[k].is_floating_point() and maps.values[k].isnan().all())]
+    if drop_nan:
+        kinds = [
+            k for k in kinds if not (maps.values[k].is_floating_point() and maps.values[k].isnan().all())
+        ]
     arrays = {k: maps.values[k].cpu().numpy() for k in kinds}
     arrays |= {k: getattr(maps, k).cpu().numpy() for k in _CLUSTER_FIELDS}
     meta = {
@@ -73,7 +78,7 @@ def save_layer_maps(run_dir: str | Path, maps: LayerMaps, folder: str = "maps") 
 def save_concept_maps(run_dir: str | Path, concept_maps: LayerMaps) -> Path:
     """A layer's concept-level maps (:func:`dpmodels.concepts.concept_layer_maps`) in
     ``maps/concepts/<layer>.npz`` (read back with ``RunOutputs.concept_maps``)."""
-    return save_layer_maps(run_dir, concept_maps, CONCEPT_DIR)
+    return save_layer_maps(run_dir, concept_maps, CONCEPT_DIR, drop_nan=True)
 
 
 def load_layer_maps(path: str | Path) -> LayerMaps:
