@@ -212,8 +212,9 @@ class VizConf:
 
     enabled: bool = True
     num_images: int = 4  # example images with per-layer maps
-    prototypes: int = 6  # top patches per cluster in the prototype figure
+    prototypes: int = 6  # top patches per cluster in the prototype figure (and report.html's panel)
     dpi: int = 110
+    report: bool = True  # report.html: the layer x image maps and cluster panels in one page
 
 
 @dataclass

@@ -27,7 +27,18 @@ from ..io import MANIFEST, atomic_path, manifest_problems
 from ..maps import MAPS, LayerMaps
 from .kinds import require_run
 
-__all__ = ["RunOutputs", "latest_run", "layer_file", "load_layer_maps", "save_images", "save_layer_maps"]
+__all__ = [
+    "RunOutputs",
+    "latest_run",
+    "layer_file",
+    "load_layer_maps",
+    "save_concept_maps",
+    "save_images",
+    "save_layer_maps",
+]
+
+_REPORTS = ("report.html", "control/report.html")  # rebuilt in place by `experiments.report`
+CONCEPT_DIR = "maps/concepts"  # the concept-level maps of each layer, beside the component maps
 
 _CLUSTER_FIELDS = ("weights", "active")  # per cluster, saved after the maps (one array per MAPS kind)
 
@@ -42,9 +53,18 @@ def _save_npz(path: Path, **arrays) -> None:
         np.savez_compressed(fh, **arrays)
 
 
-def save_layer_maps(run_dir: str | Path, maps: LayerMaps) -> Path:
-    path = Path(run_dir) / "maps" / f"{layer_file(maps.name)}.npz"
+def save_layer_maps(
+    run_dir: str | Path, maps: LayerMaps, folder: str = "maps", drop_nan: bool = False
+) -> Path:
+    """``<run_dir>/<folder>/<layer>.npz``: every map kind ``(I, H_l, W_l)`` with the layer's
+    geometry, cluster weights and flags; with ``drop_nan``, kinds that are ``NaN`` everywhere (the
+    epistemic split at the concept level) are left out."""
+    path = Path(run_dir) / folder / f"{layer_file(maps.name)}.npz"
     kinds = [k for k in MAPS if k in maps.values] + [k for k in maps.values if k not in MAPS]
+    if drop_nan:
+        kinds = [
+            k for k in kinds if not (maps.values[k].is_floating_point() and maps.values[k].isnan().all())
+        ]
     arrays = {k: maps.values[k].cpu().numpy() for k in kinds}
     arrays |= {k: getattr(maps, k).cpu().numpy() for k in _CLUSTER_FIELDS}
     meta = {
@@ -55,6 +75,12 @@ def save_layer_maps(run_dir: str | Path, maps: LayerMaps) -> Path:
     }
     _save_npz(path, meta=np.array(json.dumps(meta, default=str)), **arrays)
     return path
+
+
+def save_concept_maps(run_dir: str | Path, concept_maps: LayerMaps) -> Path:
+    """A layer's concept-level maps (:func:`dpmodels.concepts.concept_layer_maps`) in
+    ``maps/concepts/<layer>.npz`` (read back with ``RunOutputs.concept_maps``)."""
+    return save_layer_maps(run_dir, concept_maps, CONCEPT_DIR, drop_nan=True)
 
 
 def load_layer_maps(path: str | Path) -> LayerMaps:
@@ -95,6 +121,11 @@ class RunOutputs:
             problems = manifest_problems(
                 self.run_dir, {"metrics.json": record["files"]["metrics.json"]}, full=True
             )
+        if problems and all(p.split(" ")[0] in _REPORTS for p in problems):
+            raise ValueError(
+                f"{self.run_dir}: {'; '.join(problems)}, the rest agrees with {MANIFEST} (the report was "
+                f"changed or its rebuild interrupted); run `python -m experiments.report run={self.run_dir}`."
+            )
         if problems:
             raise ValueError(
                 f"{self.run_dir}: the files disagree with {MANIFEST} ({'; '.join(problems[:5])}); the "
@@ -102,6 +133,17 @@ class RunOutputs:
             )
         self.record = record
         self.metrics = json.loads((self.run_dir / "metrics.json").read_text())
+
+    @classmethod
+    def staged(cls, run_dir: str | Path, record: dict | None = None) -> RunOutputs:
+        """Read a run directory the job is still writing (its ``.staging/``, no manifest yet) or a
+        subfolder of a checked run (``control/``): the same reads, without the manifest check.
+        For the job's own report; anything else opens runs with ``RunOutputs(run_dir)``."""
+        self = cls.__new__(cls)
+        self.run_dir = Path(run_dir)
+        self.record = dict(record or {"files": {}})
+        self.metrics = json.loads((self.run_dir / "metrics.json").read_text())
+        return self
 
     @property
     def config(self) -> dict:
@@ -134,6 +176,13 @@ class RunOutputs:
     def maps(self, layer: str) -> LayerMaps:
         self._check(layer)
         return load_layer_maps(self.run_dir / "maps" / f"{layer_file(layer)}.npz")
+
+    def concept_maps(self, layer: str) -> LayerMaps | None:
+        """The layer's maps at the concept level (``meta["component_to_concept"]``), or ``None``
+        for a run without concepts."""
+        self._check(layer)
+        path = self.run_dir / CONCEPT_DIR / f"{layer_file(layer)}.npz"
+        return load_layer_maps(path) if path.is_file() else None
 
     def images(self) -> ImageSet:
         with np.load(self.run_dir / "images.npz", allow_pickle=False) as z:

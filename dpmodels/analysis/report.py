@@ -12,7 +12,7 @@ from ..io import atomic_write_text
 from ..maps import LayerMaps
 from .outputs import layer_file
 
-__all__ = ["write_figures", "write_summary"]
+__all__ = ["layer_table", "write_figures", "write_summary"]
 
 _COLUMNS = [
     ("n_active", "K̂", "{}"),
@@ -101,10 +101,19 @@ def _model_line(layers: dict) -> str:
     )
 
 
+def layer_table(metrics: dict) -> tuple[list[str], list[list[str]]]:
+    """The per-layer table of ``summary.md`` (and ``report.html``): column headers (the first is
+    ``layer``) and one row of formatted cells per layer; columns no layer has are left out."""
+    layers = metrics["layers"]
+    cols = [c for c in _COLUMNS if any(_get(row, c[0]) is not None for row in layers.values())]
+    rows = [[name] + [_cell(_get(row, k), fmt) for k, _, fmt in cols] for name, row in layers.items()]
+    return ["layer"] + [c[1] for c in cols], rows
+
+
 def write_summary(out_dir: Path, metrics: dict, eval_rows: list[dict] | None = None) -> Path:
     """``summary.md``: what was analysed, the per-layer table, the figures."""
     data, net, layers = metrics["data"], metrics["network"], metrics["layers"]
-    cols = [c for c in _COLUMNS if any(_get(row, c[0]) is not None for row in layers.values())]
+    header, rows = layer_table(metrics)
     lines = [
         "# dpmodels analysis",
         "",
@@ -119,11 +128,10 @@ def write_summary(out_dir: Path, metrics: dict, eval_rows: list[dict] | None = N
         + (", loaded from the cache." if net.get("loaded_from_cache") else "."),
         _model_line(layers),
         "",
-        "| layer | " + " | ".join(c[1] for c in cols) + " |",
-        "|---|" + "---|" * len(cols),
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---|" * (len(header) - 1),
     ]
-    for name, row in layers.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(_get(row, k), fmt) for k, _, fmt in cols) + " |")
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += [
         "",
         "K̂: clusters explaining more than 1% of the positions; ARI/NMI/mIoU against the masks at "

@@ -23,7 +23,7 @@ from ..io import atomic_path, atomic_write_json
 from ..maps import LayerMaps, layer_maps, n_active_draws
 from .fitfile import network_fingerprint, save_fit
 from .fitting import LayerFit, fit_layers, gather_layers, read_points
-from .outputs import layer_file, save_images, save_layer_maps
+from .outputs import layer_file, save_concept_maps, save_images, save_layer_maps
 from .report import write_figures, write_summary
 
 __all__ = ["analyze"]
@@ -108,7 +108,8 @@ def analyze(
     ``fitting``: ``fit_points``, ``heldout_points``; ``dpgmm``: keyword arguments of
     :class:`dpmodels.DPGMM`; ``num_draws``: posterior draws for InferenceData and K̂'s interval;
     ``map_draws``: posterior draws for the epistemic/aleatoric maps (their cost is linear in it, over
-    every position of every image); ``figures``: ``enabled``, ``num_images``, ``prototypes``, ``dpi``;
+    every position of every image); ``figures``: ``enabled``, ``num_images``, ``prototypes``, ``dpi``,
+    ``report`` (``report.html``, :mod:`dpmodels.analysis.html_report`; default on);
     ``network``: what the model is (recorded in the metrics); ``concepts``: keyword arguments of
     :func:`dpmodels.concepts.layer.layer_concepts` (``criteria``, ``num_draws``, ``draw_points``) or
     ``{"enabled": False}``: each layer's components merged into concepts, scored at both levels;
@@ -290,6 +291,7 @@ class _LayerResults:
             self.rows[name]["concepts"], self.concept_maps[name], self.concept_sel[name] = layer_concepts(
                 fit.model, layer, maps, points, images.masks, seed=seed, **self.concept_cfg
             )
+            save_concept_maps(out_dir, self.concept_maps[name])
         draws = posterior_draws(fit.model, num_draws, min(len(points), 5000))
         if draws < num_draws:
             log.info(
@@ -340,6 +342,8 @@ def _write_outputs(out_dir: Path, images, metrics: dict, results: _LayerResults,
         with atomic_path(out_dir / "evaluation.csv", suffix=".csv") as tmp:
             evaluation_table(results.eval_rows).to_csv(tmp)
     t0 = time.perf_counter()
+    fig_cfg = dict(fig_cfg)
+    report = fig_cfg.pop("report", True)
     if fig_cfg.pop("enabled", True):
         write_figures(out_dir, images, results.maps, results.k_draws, _true_k(images), **fig_cfg)
         if results.concept_maps:
@@ -351,6 +355,15 @@ def _write_outputs(out_dir: Path, images, metrics: dict, results: _LayerResults,
     timings["figure_seconds"] = time.perf_counter() - t0
     atomic_write_json(out_dir / "metrics.json", metrics)
     write_summary(out_dir, metrics, results.eval_rows)
+    if report:  # report.html from the files just written, then its time recorded
+        from .html_report import write_html_report
+        from .outputs import RunOutputs
+
+        t0 = time.perf_counter()
+        write_html_report(RunOutputs.staged(out_dir), prototypes=fig_cfg.get("prototypes", 6))
+        timings["report_seconds"] = time.perf_counter() - t0
+        atomic_write_json(out_dir / "metrics.json", metrics)
+        write_summary(out_dir, metrics, results.eval_rows)
 
 
 def _raw_points(model, images, name, acts, device, seed) -> torch.Tensor | None:
