@@ -11,10 +11,10 @@ therefore runs inside :func:`fit_threads`, which gives it
 3. else this process's share of the cores it may run on (its CPU affinity): the cores divided by
    the number of processes of this user that are fitting with dpmodels at the moment, and never
    more than torch's own thread count when the fit started (so ``torch.set_num_threads(1)`` before
-   a fit still means one thread). Each such
-   process holds a small file named after its process id in a folder of the temporary directory
-   while it fits; the engines look again at every step (at most every 0.2 s), so a fit started
-   alone gives cores back when another one starts, and takes them again when it ends.
+   a fit still means one thread). Each such process holds a small file named after its process
+   id in a folder of the temporary directory while it fits (the folder goes when the last one
+   ends); the engines look again at every step (at most every 0.2 s), so a fit started alone
+   gives cores back when another one starts, and takes them again when it ends.
 
 A fit's result can depend, in its last digits, on the number of threads (the order of
 floating-point sums); set the count explicitly (``set_threads``, ``OMP_NUM_THREADS``) where runs
@@ -130,13 +130,15 @@ def rebalance(force: bool = False) -> int:
 
 
 def _register() -> None:
-    folder = _registry()
-    try:
-        folder.mkdir(mode=0o700, exist_ok=True)
-        token = folder / str(os.getpid())
-        token.touch()
-    except OSError:  # an unwritable temporary directory: count this process alone
-        token = Path()
+    folder, token = _registry(), Path()
+    for _ in range(2):  # twice: another process may remove the empty folder between the two steps
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            (folder / str(os.getpid())).touch()
+            token = folder / str(os.getpid())
+            break
+        except OSError:  # an unwritable temporary directory: count this process alone
+            continue
     _STATE["token"] = token
 
 
@@ -145,6 +147,8 @@ def _unregister() -> None:
     if token and token != Path():
         with contextlib.suppress(OSError):
             token.unlink()
+        with contextlib.suppress(OSError):  # the last fitting process leaves no folder behind
+            token.parent.rmdir()
 
 
 @contextlib.contextmanager
