@@ -9,6 +9,7 @@ Typical use::
     target = extract(model, other_set, transforms={n: a.transform for n, a in acts.items()})
 """
 
+from ._graph import Layout, check_layer_names, preserve_mode, to_map
 from .extract import as_images, extract
 from .geometry import layer_geometry
 from .layers import LayerInfo, conv_layers, format_layers, list_layers
@@ -18,15 +19,19 @@ from .types import FeatureTransform, LayerActivations, LayerGeometry
 
 __all__ = [
     "FeatureTransform",
+    "Layout",
     "LayerActivations",
     "LayerGeometry",
     "LayerInfo",
     "apply_transform",
     "as_images",
+    "check_layer_names",
     "conv_layers",
     "extract",
     "format_layers",
     "layer_geometry",
     "list_layers",
     "load_store",
+    "preserve_mode",
+    "to_map",
 ]

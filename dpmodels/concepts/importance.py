@@ -29,7 +29,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from ..activations._graph import Layout, preserve_mode, to_map
+from ..activations import Layout, preserve_mode, to_map
 from ..activations.layers import list_layers
 from ..activations.smooth import smooth_maps
 

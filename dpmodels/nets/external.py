@@ -123,7 +123,7 @@ class LayerModel(nn.Module):
         own = self.tap_names()
         unknown = [n for n in names if n not in own]
         if unknown:
-            from ..activations._graph import check_layer_names
+            from ..activations import check_layer_names
 
             check_layer_names(list(names), own)
         return [own.index(n) for n in names]

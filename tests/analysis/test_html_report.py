@@ -120,7 +120,8 @@ def test_report_cli_refuses_bad_arguments_and_unfinished_runs(handmade_run, caps
     assert report_main([f"run={run_dir}", "prototypes=0"]) == 1
     assert "positive integer" in capsys.readouterr().err
     assert report_main([f"run={run_dir}"]) == 1  # no manifest: not a finished run
-    assert "unfinished or interrupted run" in capsys.readouterr().err
+    err = capsys.readouterr().err  # one line naming the folder and the command that makes a run
+    assert err.startswith("error: ") and str(run_dir) in err and "python -m experiments.analyze" in err
     assert not (run_dir / "report.html").exists()
 
 
