@@ -56,7 +56,9 @@ def test_the_same_seed_twice_writes_the_same_metrics_and_maps(tmp_path):
     assert text_a != text_b  # the wall times differ ...
     assert _without_timings(text_a) == _without_timings(text_b)  # ... and nothing else
     assert re.search(r'"seconds"|_seconds"', text_a)  # the timings were there to be ignored
-    for layer in sorted(p.name for p in (a / "maps").iterdir()):
+    maps = sorted(p.relative_to(a / "maps") for p in (a / "maps").rglob("*.npz"))  # both levels
+    assert maps and any(m.parts[0] == "concepts" for m in maps)
+    for layer in maps:
         with np.load(a / "maps" / layer) as za, np.load(b / "maps" / layer) as zb:
             assert za.files == zb.files
             for key in za.files:
