@@ -23,6 +23,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "file_manifest",
+    "manifest_error",
     "manifest_problems",
     "publish_directory",
 ]
@@ -96,6 +97,15 @@ def file_manifest(root: str | Path, skip: Iterable[str] = ()) -> dict[str, dict]
             continue
         files[rel.as_posix()] = {"size": path.stat().st_size, "sha256": file_digest(path)}
     return files
+
+
+def manifest_error(run_dir: str | Path, problems: list[str]) -> ValueError:
+    """The error for a run directory whose files disagree with its manifest (``problems`` from
+    :func:`manifest_problems`): the first few problems and what to do."""
+    return ValueError(
+        f"{run_dir}: the files disagree with {MANIFEST} ({'; '.join(problems[:5])}); the "
+        "directory mixes runs or was changed after the run. Rerun the command with overwrite=true."
+    )
 
 
 def manifest_problems(run_dir: str | Path, files: dict[str, dict], full: bool = False) -> list[str]:

@@ -23,7 +23,7 @@ import torch
 
 from ..activations.types import LayerGeometry
 from ..data.images import ImageSet
-from ..io import MANIFEST, atomic_path, manifest_problems
+from ..io import MANIFEST, atomic_path, manifest_error, manifest_problems
 from ..maps import MAPS, LayerMaps
 from .kinds import require_run
 
@@ -127,10 +127,7 @@ class RunOutputs:
                 f"changed or its rebuild interrupted); run `python -m experiments.report run={self.run_dir}`."
             )
         if problems:
-            raise ValueError(
-                f"{self.run_dir}: the files disagree with {MANIFEST} ({'; '.join(problems[:5])}); the "
-                "directory mixes runs or was changed after the run. Rerun the command with overwrite=true."
-            )
+            raise manifest_error(self.run_dir, problems)
         self.record = record
         self.metrics = json.loads((self.run_dir / "metrics.json").read_text())
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..analysis.kinds import require_run
-from ..io import MANIFEST, manifest_problems
+from ..io import MANIFEST, manifest_error, manifest_problems
 
 __all__ = ["TransferRun"]
 
@@ -27,10 +27,7 @@ class TransferRun:
         record = json.loads((self.run_dir / MANIFEST).read_text())
         problems = manifest_problems(self.run_dir, record["files"])
         if problems:
-            raise ValueError(
-                f"{self.run_dir}: the files disagree with {MANIFEST} ({'; '.join(problems[:5])}); the "
-                "directory mixes runs or was changed after the run. Rerun the command with overwrite=true."
-            )
+            raise manifest_error(self.run_dir, problems)
         self.record = record
         self.metrics = json.loads((self.run_dir / "metrics.json").read_text())
         self.table = pd.read_csv(self.run_dir / "transfer_table.csv")
