@@ -11,7 +11,7 @@ Typical use::
 
 from ._graph import Layout, check_layer_names, preserve_mode, to_map
 from .extract import as_images, extract
-from .geometry import layer_geometry
+from .geometry import clear_geometry_cache, layer_geometry
 from .layers import LayerInfo, conv_layers, format_layers, list_layers
 from .store import load_store
 from .transform import apply_transform
@@ -29,6 +29,7 @@ __all__ = [
     "conv_layers",
     "extract",
     "format_layers",
+    "clear_geometry_cache",
     "layer_geometry",
     "list_layers",
     "load_store",

@@ -13,21 +13,38 @@ only (doubling up to ``max_probe`` pixels; enlarging one axis at a time costs fa
 input size. If it stays clipped (global pooling, size-dependent layers), the axis falls back to an
 even partition of the input: ``stride = H / H_l``, ``offset = (stride - 1) / 2`` and the clipped
 field as measured.
+
+Layers whose window follows from the traced graph (chains of convolutions, poolings, elementwise
+operations and sums, see :mod:`dpmodels.activations.analytic`) skip the probe: their geometry is
+derived, to the same values, without a backward pass. Geometry is a property of the architecture:
+results are kept per process, keyed by the model's class and structure (its ``repr``), the layers,
+the input size and the probe's settings, so a second call for the same architecture costs nothing.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ._graph import Layout, Tap
+from .analytic import analytic_geometry
 from .types import LayerGeometry
 
-__all__ = ["layer_geometry"]
+__all__ = ["clear_geometry_cache", "layer_geometry"]
+
+_CACHE: OrderedDict[tuple, dict[str, LayerGeometry]] = OrderedDict()
+_CACHE_SIZE = 64
+
+
+def clear_geometry_cache() -> None:
+    """Forget the geometries kept by :func:`layer_geometry` (they are recomputed on the next call)."""
+    _CACHE.clear()
+
 
 log = logging.getLogger("dpmodels.activations")
 
@@ -114,7 +131,75 @@ def layer_geometry(
     probe inputs used for layers whose field is clipped at ``(H, W)``; ``mode``: ``"fx"`` or
     ``"hooks"`` (default: whichever works for the model); ``layouts``: how layers that are not
     channel-first maps become maps (see :func:`list_layers`). Returns ``{layer: LayerGeometry}``.
+    Layers the graph describes are derived without probing; results are cached per architecture.
     """
+    layers = list(layers)
+    key = (
+        type(model),
+        repr(model),
+        tuple(layers),
+        tuple(int(v) for v in input_size),
+        n_inputs,
+        seed,
+        max_probe,
+        mode,
+        tuple(sorted((layouts or {}).items())),
+    )
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return dict(_CACHE[key])
+    derived: dict[str, LayerGeometry] = {}
+    channel_first = all(layout.kind == "nchw" for layout in (layouts or {}).values())
+    if mode in (None, "fx") and channel_first and not getattr(model, "whole_image_layers", ()):
+        derived = analytic_geometry(
+            model,
+            layers,
+            input_size,
+            max_probe=max_probe,
+            map_sizes=_map_sizes(model, layers, input_size, device, mode),
+        )
+    rest = [n for n in layers if n not in derived]
+    probed = (
+        _probe_geometry(
+            model, rest, input_size, n_inputs=n_inputs, seed=seed, max_probe=max_probe, device=device,
+            mode=mode, layouts=layouts,
+        )
+        if rest
+        else {}
+    )  # fmt: skip
+    result = {n: derived[n] if n in derived else probed[n] for n in layers}
+    _CACHE[key] = dict(result)
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return result
+
+
+def _map_sizes(model: nn.Module, layers, input_size, device, mode) -> dict[str, tuple[int, int]]:
+    """``{layer: (H_l, W_l)}`` from one forward pass of a single input (no gradient)."""
+    net = copy.deepcopy(model).to(device).eval()
+    x = torch.zeros(1, *input_size, device=device)
+    with torch.no_grad():
+        outs = Tap(net, layers, mode)(x)
+    return {
+        n: tuple(int(v) for v in o.shape[-2:])
+        for n, o in outs.items()
+        if isinstance(o, torch.Tensor) and o.dim() == 4
+    }
+
+
+def _probe_geometry(
+    model: nn.Module,
+    layers: Sequence[str],
+    input_size: tuple[int, int, int],
+    *,
+    n_inputs: int = 4,
+    seed: int = 0,
+    max_probe: int = 1024,
+    device: str | torch.device = "cpu",
+    mode: str | None = None,
+    layouts: dict[str, Layout] | None = None,
+) -> dict[str, LayerGeometry]:
+    """:func:`layer_geometry` measured by the gradient probe (the module's docstring)."""
     C, H, W = input_size
     net = copy.deepcopy(model).to(device).eval()
     for p in net.parameters():
