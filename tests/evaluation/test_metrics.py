@@ -126,3 +126,32 @@ def test_bad_inputs_and_table():
     assert table.shape[0] == 2 and "per_image" not in table.columns and table.loc[("a", "m1"), "ari"] == 1.0
     with pytest.raises(ValueError, match="'layer' and 'method'"):
         evaluation_table([{"ari": 1.0}])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_table_metrics_equal_scikit_learn(seed):
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, 4, (6, 20, 20))
+    pred = np.where(rng.random(true.shape) < 0.6, true, rng.integers(0, 9, true.shape))
+    true[:, :2] = -1
+    pred[:, :, :1] = -1
+    pred[1] = 3  # one cluster in an image
+    true[2] = 1  # one true region in an image
+    pred[4, :, :10], true[4, :, :10] = -1, -1
+    entropy = np.round(rng.random(true.shape), 2)  # ties in the scores
+    entropy[0, 5, 5] = np.nan
+    out = evaluate_labels(pred, true, entropy=entropy, confidence=rng.random(true.shape))
+    v = (pred >= 0) & (true >= 0)
+    assert out["ari"] == adjusted_rand_score(true[v], pred[v])
+    assert out["nmi"] == normalized_mutual_info_score(true[v], pred[v])
+    for i in range(len(pred)):
+        ti, pi = true[i][v[i]], pred[i][v[i]]
+        assert out["per_image"]["ari"][i] == adjusted_rand_score(ti, pi)
+        assert out["per_image"]["nmi"][i] == normalized_mutual_info_score(ti, pi)
+    mapping, _, _ = hungarian_match(pred[v], true[v])
+    wrong = np.array([mapping.get(int(c), -2) for c in pred[v]]) != true[v]
+    e = entropy[v]
+    ok = np.isfinite(e)
+    assert out["entropy_auroc"] == pytest.approx(roc_auc_score(wrong[ok], e[ok]), abs=1e-12)
