@@ -3,7 +3,14 @@ concepts with its uncertainty over posterior draws, and a layer's maps at the co
 
 from .hierarchy import CRITERIA, ConceptHierarchy, bhattacharyya_overlap, build_hierarchy, entropy_decrease
 from .levels import LEVELS, at_level, concept_layer_maps, concept_point_values
-from .selection import ConceptSelection, draw_responsibilities, elbow, entropy_curve, select_concepts
+from .selection import (
+    ConceptSelection,
+    concept_draws,
+    draw_responsibilities,
+    elbow,
+    entropy_curve,
+    select_concepts,
+)
 
 __all__ = [
     "CRITERIA",
@@ -14,6 +21,7 @@ __all__ = [
     "bhattacharyya_overlap",
     "build_hierarchy",
     "concept_layer_maps",
+    "concept_draws",
     "concept_point_values",
     "draw_responsibilities",
     "elbow",

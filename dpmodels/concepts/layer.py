@@ -10,8 +10,8 @@ import numpy as np
 from ..activations.types import LayerActivations
 from ..maps.layer_maps import LayerMaps
 from .hierarchy import CRITERIA
-from .levels import concept_layer_maps
-from .selection import ConceptSelection, select_concepts
+from .levels import concept_layer_maps, concept_values
+from .selection import ConceptSelection, concept_draws, select_concepts
 
 __all__ = ["CONCEPT_METRICS", "layer_concepts"]
 
@@ -67,11 +67,22 @@ def layer_concepts(
     post = getattr(fit, "posterior_", fit)
     start = time.perf_counter()
     out, kept = {}, None
-    for crit in criteria:
-        sel = select_concepts(
-            post, fit_points, criterion=crit, num_draws=num_draws, draw_points=draw_points, seed=seed
+    draws = concept_draws(post, fit_points, num_draws=num_draws, draw_points=draw_points, seed=seed)
+    selections = [  # the posterior draws do not depend on the criterion: drawn once
+        select_concepts(
+            post,
+            fit_points,
+            criterion=crit,
+            num_draws=num_draws,
+            draw_points=draw_points,
+            seed=seed,
+            draws=draws,
         )
-        cmaps = concept_layer_maps(post, acts, sel, maps)
+        for crit in criteria
+    ]
+    values = concept_values(post, acts, selections)  # one pass over the positions for all criteria
+    for crit, sel, vals in zip(criteria, selections, values, strict=True):
+        cmaps = concept_layer_maps(post, acts, sel, maps, point_values=vals)
         row = _score(cmaps, sel, masks)
         if kept is None:
             kept = (cmaps, sel)

@@ -17,7 +17,14 @@ from ..maps.layer_maps import LayerMaps, resolve_posterior
 from ..maps.registry import MAPS
 from .selection import ConceptSelection
 
-__all__ = ["LEVELS", "at_level", "concept_layer_maps", "concept_point_values"]
+__all__ = [
+    "LEVELS",
+    "at_level",
+    "concept_layer_maps",
+    "concept_point_values",
+    "concept_point_values_many",
+    "concept_values",
+]
 
 LEVELS = ("components", "concepts")
 
@@ -26,34 +33,42 @@ def concept_point_values(posterior, points, selection: ConceptSelection, chunk_s
     """``labels`` (int64), ``confidence`` and ``entropy`` (float64) ``(N,)`` of every point at the
     concept level. ``posterior``: ``B = 1`` ``MixturePosterior``; ``points``: ``(N, D)`` tensor,
     array or memmap."""
-    h, k = selection.hierarchy, selection.k
-    member = torch.as_tensor(h.membership(k))  # (K̂, k)
-    comps = torch.as_tensor(h.components, dtype=torch.long)
-    out = {"labels": [], "confidence": [], "entropy": []}
+    return concept_point_values_many(posterior, points, [selection], chunk_size)[0]
+
+
+def concept_point_values_many(posterior, points, selections, chunk_size: int = 8192) -> list[dict]:
+    """:func:`concept_point_values` of several ``selections`` of one layer (e.g. one per
+    criterion) in one pass over the points: the responsibilities are computed once per chunk."""
+    outs = [{"labels": [], "confidence": [], "entropy": []} for _ in selections]
+    members = [torch.as_tensor(sel.hierarchy.membership(sel.k)) for sel in selections]  # (K̂, k) each
+    comps = [torch.as_tensor(sel.hierarchy.components, dtype=torch.long) for sel in selections]
     N = int(points.shape[0])
     for start in range(0, N, chunk_size):
         chunk = points[start : start + chunk_size]
         x = torch.as_tensor(np.ascontiguousarray(chunk), dtype=posterior.params.mean.dtype)
-        r = posterior.responsibilities(x)[0][:, comps].double().cpu()  # (n, K̂)
-        r = r / r.sum(1, keepdim=True).clamp_min(1e-300)
-        rc = r @ member  # (n, k)
-        conf, lab = rc.max(1)
-        out["labels"].append(lab)
-        out["confidence"].append(conf)
-        out["entropy"].append(-torch.where(rc > 0, rc * torch.log(rc), torch.zeros_like(rc)).sum(1))
-    return {key: torch.cat(v) for key, v in out.items()}
+        resp = posterior.responsibilities(x)[0]  # (n, K)
+        for out, member, comp in zip(outs, members, comps, strict=True):
+            r = resp[:, comp].double().cpu()  # (n, K̂)
+            r = r / r.sum(1, keepdim=True).clamp_min(1e-300)
+            rc = r @ member  # (n, k)
+            conf, lab = rc.max(1)
+            out["labels"].append(lab)
+            out["confidence"].append(conf)
+            out["entropy"].append(-torch.where(rc > 0, rc * torch.log(rc), torch.zeros_like(rc)).sum(1))
+    return [{key: torch.cat(v) for key, v in out.items()} for out in outs]
 
 
 def concept_layer_maps(
-    posterior, acts: LayerActivations, selection: ConceptSelection, component_maps: LayerMaps
+    posterior,
+    acts: LayerActivations,
+    selection: ConceptSelection,
+    component_maps: LayerMaps,
+    point_values: dict | None = None,
 ) -> LayerMaps:
     """The layer's maps at the concept level (same geometry and images as ``component_maps``);
-    ``meta["level"] = "concepts"``, ``meta["component_to_concept"]`` maps canonical components."""
-    post = resolve_posterior(posterior, acts)
-    points = acts.points
-    if isinstance(points, str) or hasattr(points, "__fspath__"):
-        points = np.load(points, mmap_mode="r")
-    vals = concept_point_values(post, points, selection)
+    ``meta["level"] = "concepts"``, ``meta["component_to_concept"]`` maps canonical components.
+    ``point_values``: this selection's :func:`concept_point_values` of ``acts``, if computed already."""
+    vals = point_values if point_values is not None else concept_values(posterior, acts, [selection])[0]
     maps = {key: acts.to_maps(v) for key, v in vals.items()}  # each (I, H_l, W_l); labels -1 off-grid
     h, k = selection.hierarchy, selection.k
     weights = torch.as_tensor(h.weights @ h.membership(k))  # (k,)
@@ -79,6 +94,14 @@ def concept_layer_maps(
             "component_to_concept": h.component_to_concept(k, int(component_maps.weights.shape[0])).tolist(),
         },
     )
+
+
+def concept_values(posterior, acts: LayerActivations, selections) -> list[dict]:
+    """:func:`concept_point_values_many` of all of ``acts``' points (in memory or on disk)."""
+    points = acts.points
+    if isinstance(points, str) or hasattr(points, "__fspath__"):
+        points = np.load(points, mmap_mode="r")
+    return concept_point_values_many(resolve_posterior(posterior, acts), points, selections)
 
 
 def at_level(

@@ -22,7 +22,14 @@ from ..maps.lowrank import woodbury_factors
 from ..posterior import MixturePosterior
 from .hierarchy import CRITERIA, ConceptHierarchy, _xlogx, build_hierarchy
 
-__all__ = ["ConceptSelection", "draw_responsibilities", "elbow", "entropy_curve", "select_concepts"]
+__all__ = [
+    "ConceptSelection",
+    "concept_draws",
+    "draw_responsibilities",
+    "elbow",
+    "entropy_curve",
+    "select_concepts",
+]
 
 
 def elbow(curve) -> int:
@@ -88,6 +95,26 @@ def draw_responsibilities(
     return torch.stack(out).numpy()
 
 
+def _kept_components(posterior: MixturePosterior) -> np.ndarray:
+    """Canonical indices of the components the concepts are built from (the active ones)."""
+    comps = torch.nonzero(posterior.active[0]).flatten().cpu().numpy()
+    return comps if len(comps) else np.array([0])
+
+
+def concept_draws(
+    posterior: MixturePosterior, points, *, num_draws: int = 32, draw_points: int = 4000, seed: int = 0
+) -> np.ndarray:
+    """``(S, N_sub, K̂)`` responsibilities of the seeded subsample of ``draw_points`` of ``points
+    (N, D)`` under ``S = num_draws`` posterior draws, over the kept components: what
+    :func:`select_concepts` computes for the elbow's interval."""
+    x = torch.as_tensor(np.asarray(points), dtype=posterior.params.mean.dtype)
+    rng = np.random.default_rng(seed)
+    sub = np.sort(rng.choice(len(x), size=min(draw_points, len(x)), replace=False))
+    return draw_responsibilities(
+        posterior, x[sub].double().numpy(), _kept_components(posterior), num_draws, seed
+    )
+
+
 @dataclass
 class ConceptSelection:
     """A layer's concepts: the ``hierarchy``, the chosen number ``k`` (elbow of the mean-field
@@ -108,12 +135,15 @@ def select_concepts(
     num_draws: int = 32,
     draw_points: int = 4000,
     seed: int = 0,
+    draws: np.ndarray | None = None,
 ) -> ConceptSelection:
     """Build the hierarchy over the active components of a ``B = 1`` ``posterior`` from ``points
     (N, D)`` (e.g. the fitted positions) and choose the number of concepts.
 
     ``num_concepts``: a fixed number instead of the elbow (at most ``K̂``); the draws still give
-    the elbow's interval. ``draw_points``: the seeded subsample used for the per-draw curves."""
+    the elbow's interval. ``draw_points``: the seeded subsample used for the per-draw curves.
+    ``draws``: those curves' responsibilities ``(S, N_sub, K̂)`` from :func:`concept_draws` with the
+    same arguments, to share them between criteria (they do not depend on the criterion)."""
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
     if posterior.batch_size != 1:
@@ -121,9 +151,7 @@ def select_concepts(
     if num_draws < 1:
         raise ValueError(f"num_draws must be >= 1, got {num_draws!r}.")
     x = torch.as_tensor(np.asarray(points), dtype=posterior.params.mean.dtype)
-    comps = torch.nonzero(posterior.active[0]).flatten().cpu().numpy()
-    if len(comps) == 0:
-        comps = np.array([0])
+    comps = _kept_components(posterior)
     resp = posterior.responsibilities(x)[0][:, comps].double().cpu().numpy()  # (N, K̂)
     resp = np.maximum(resp, 0.0)
     resp[resp.sum(1) <= 0] = 1.0  # a point no kept component explains: spread evenly
@@ -141,9 +169,8 @@ def select_concepts(
             f"got {num_concepts!r}."
         )
     k = elbow(h.entropy_curve) if num_concepts is None else int(num_concepts)
-    rng = np.random.default_rng(seed)
-    sub = np.sort(rng.choice(len(x), size=min(draw_points, len(x)), replace=False))
-    draws = draw_responsibilities(posterior, x[sub].double().numpy(), comps, num_draws, seed)
+    if draws is None:
+        draws = concept_draws(posterior, points, num_draws=num_draws, draw_points=draw_points, seed=seed)
     k_draws = np.array([elbow(entropy_curve(h, r)) for r in draws])
     interval = (float(np.quantile(k_draws, 0.05)), float(np.quantile(k_draws, 0.95)))
     return ConceptSelection(h, k, k_draws, interval)
