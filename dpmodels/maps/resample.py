@@ -33,6 +33,19 @@ def _map_coordinates(n_input: int, n_map: int, offset: float, stride: float) -> 
     return np.clip(u, 0.0, n_map - 1.0)
 
 
+def _interpolation_matrix(u: np.ndarray, n: int) -> Tensor:
+    """``(len(u), n)`` float64 weights of linear interpolation at map coordinates ``u`` (in
+    ``[0, n - 1]``): ``1 - frac`` on ``floor(u)``, ``frac`` on the next position."""
+    i0 = np.minimum(np.floor(u), n - 1).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n - 1)
+    w1 = u - i0  # weight of the upper neighbour, in [0, 1]
+    m = np.zeros((len(u), n))
+    rows = np.arange(len(u))
+    np.add.at(m, (rows, i0), 1.0 - w1)
+    np.add.at(m, (rows, i1), w1)
+    return torch.from_numpy(m)
+
+
 def _check_maps(maps: Tensor, geometry: LayerGeometry) -> Tensor:
     maps = torch.as_tensor(maps)
     if maps.dim() != 3 or tuple(maps.shape[1:]) != tuple(geometry.map_size):
@@ -63,18 +76,10 @@ def upsample_map(maps: Tensor, geometry: LayerGeometry, mode: str = "bilinear") 
     valid = torch.isfinite(v).double()  # (I, H_l, W_l)
     v = torch.where(valid > 0, v, torch.zeros_like(v))
 
-    def lerp_axis(t: Tensor, u: np.ndarray, n: int, dim: int) -> Tensor:
-        i0 = np.minimum(np.floor(u), n - 1).astype(np.int64)
-        i1 = np.minimum(i0 + 1, n - 1)
-        w1 = torch.from_numpy(u - i0)  # weight of the upper neighbour, in [0, 1]
-        shape = [1, 1, 1]
-        shape[dim] = -1
-        a = t.index_select(dim, torch.from_numpy(i0))
-        b = t.index_select(dim, torch.from_numpy(i1))
-        return a * (1 - w1).view(shape) + b * w1.view(shape)
-
-    num = lerp_axis(lerp_axis(v * valid, uy, Hl, 1), ux, Wl, 2)  # (I, H, W)
-    den = lerp_axis(lerp_axis(valid, uy, Hl, 1), ux, Wl, 2)  # (I, H, W) total weight on valid positions
+    Ry = _interpolation_matrix(uy, Hl)  # (H, H_l)
+    Rx = _interpolation_matrix(ux, Wl)  # (W, W_l)
+    num = Ry @ (v * valid) @ Rx.T  # (I, H, W): two matrix products instead of gathers per axis
+    den = Ry @ valid @ Rx.T  # (I, H, W) total weight on valid positions
     out = num / den.clamp_min(1e-300)
     return torch.where(den > 1e-12, out, torch.full_like(out, float("nan")))
 
