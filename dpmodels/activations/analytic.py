@@ -201,8 +201,30 @@ def graph_windows(
     return {names[n]: (s if isinstance(s, tuple) else None) for n, s in states.items() if n in names}
 
 
+def _padded(x, pads: list[tuple[int, int]]):
+    """The windows after zero padding ``pads = [(before, after) along y, along x]``."""
+    out = []
+    for ax, (lo, hi) in zip(x, pads, strict=True):
+        if lo < 0 or hi < 0:
+            return _UNKNOWN  # cropping
+        out.append(_Axis(ax.a - ax.S * lo, ax.b - ax.S * lo, ax.S, ax.n + lo + hi))
+    return tuple(out)
+
+
 def _function(node: torch.fx.Node, states: dict):
     fn = node.target
+    x = _state_of(node.args[0], states) if node.args else _UNKNOWN
+    rule = getattr(fn, "geometry_padding", None)  # a shape-dependent pad that says how it pads
+    if rule is not None and isinstance(x, tuple):
+        if any(isinstance(a, torch.fx.Node) for a in node.args[1:]) or node.kwargs:
+            return _UNKNOWN
+        return _padded(x, [rule(ax.n, *node.args[1:]) for ax in x])
+    if fn is F.pad and isinstance(x, tuple):
+        pads = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        if not isinstance(pads, tuple | list) or len(pads) != 4 or any(not isinstance(p, int) for p in pads):
+            return _UNKNOWN
+        return _padded(x, [(pads[2], pads[3]), (pads[0], pads[1])]) if mode == "constant" else _UNKNOWN
     if fn is getattr or fn is operator.getitem and _state_of(node.args[0], states) is _CONST:
         return _CONST
     if fn in _ELEMENTWISE_FUNCTIONS:

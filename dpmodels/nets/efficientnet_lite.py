@@ -68,11 +68,19 @@ def _same_pad(x: Tensor, kernel: int, stride: int) -> Tensor:
     """TF "same" padding of ``x`` ``(b, C, H, W)`` for a ``kernel`` x ``kernel`` conv with ``stride``."""
     pads = []
     for size in (x.shape[-1], x.shape[-2]):  # F.pad order: last axis first
-        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-        pads += [total // 2, total - total // 2]
+        pads += list(_same_padding(size, kernel, stride))
     return F.pad(x, pads)
 
 
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """``(before, after)`` pixels of TF "same" padding along an axis of ``size`` positions."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+# ``geometry_padding(size, *args)``: the padding along one axis, so that layer geometry can be read
+# off the traced graph (dpmodels.activations.analytic) through this shape-dependent pad
+_same_pad.geometry_padding = _same_padding
 torch.fx.wrap("_same_pad")  # a leaf for FX tracing: its arithmetic on shapes is not traced
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -17,7 +18,8 @@ from dpmodels.activations.layers import probe_layers, probe_names
 
 class Assorted(nn.Module):
     """'same' padding with an even kernel, dilation, a ceil-mode pool, a 1x1 strided shortcut
-    concatenated with a padded strided branch, average pooling and a stride-3 convolution."""
+    concatenated with a padded strided branch, average pooling, asymmetric explicit padding and a
+    stride-3 convolution."""
 
     def __init__(self):
         super().__init__()
@@ -32,7 +34,7 @@ class Assorted(nn.Module):
     def forward(self, x):
         x = self.pool(self.b(torch.relu(self.a(x))))
         y = torch.cat([self.short(x), self.long(x)], 1)
-        return self.last(self.avg(y)) + 1.0
+        return self.last(F.pad(self.avg(y), (1, 2, 0, 1))) + 1.0
 
 
 class Gated(nn.Module):
@@ -87,6 +89,16 @@ def test_torchvision_networks_agree_with_the_probe(build, size):
     torch.manual_seed(0)
     layers, derived = _agree(build().eval(), size, every=3)
     assert len(derived) >= len(layers) - 1  # all but a final adaptive pool
+
+
+def test_the_default_networks_default_layers_follow_from_its_graph():
+    from dpmodels.nets import build_net
+
+    net = build_net("efficientnet_lite0", weights=None).eval()  # TF "same" padding: a shape-dependent pad
+    derived = analytic_geometry(net, net.default_layers, (3, 224, 224))
+    assert list(derived) == list(net.default_layers)
+    assert [g.receptive_field[0] for g in derived.values()] == [7, 19, 67, 339, 224]  # stage7: whole image
+    assert derived["stage7"].offset == (15.5, 15.5) and derived["stage5"].stride == (16.0, 16.0)
 
 
 @pytest.mark.slow
