@@ -17,7 +17,7 @@ from ..maps.layer_maps import LayerMaps, resolve_posterior
 from ..maps.registry import MAPS
 from .selection import ConceptSelection
 
-__all__ = ["LEVELS", "at_level", "concept_layer_maps", "concept_point_values"]
+__all__ = ["LEVELS", "at_level", "concept_layer_maps", "concept_point_values", "regrouped_layer_maps"]
 
 LEVELS = ("components", "concepts")
 
@@ -27,8 +27,14 @@ def concept_point_values(posterior, points, selection: ConceptSelection, chunk_s
     concept level. ``posterior``: ``B = 1`` ``MixturePosterior``; ``points``: ``(N, D)`` tensor,
     array or memmap."""
     h, k = selection.hierarchy, selection.k
-    member = torch.as_tensor(h.membership(k))  # (K̂, k)
-    comps = torch.as_tensor(h.components, dtype=torch.long)
+    return _grouped_values(posterior, points, h.components, h.membership(k), chunk_size)
+
+
+def _grouped_values(posterior, points, components, member, chunk_size: int = 8192) -> dict:
+    """:func:`concept_point_values` for the grouping ``member`` ``(K̂, k)`` (0/1) of the posterior's
+    ``components`` ``(K̂,)``."""
+    member = torch.as_tensor(np.asarray(member, dtype=np.float64))
+    comps = torch.as_tensor(np.asarray(components), dtype=torch.long)
     out = {"labels": [], "confidence": [], "entropy": []}
     N = int(points.shape[0])
     for start in range(0, N, chunk_size):
@@ -44,19 +50,18 @@ def concept_point_values(posterior, points, selection: ConceptSelection, chunk_s
     return {key: torch.cat(v) for key, v in out.items()}
 
 
-def concept_layer_maps(
-    posterior, acts: LayerActivations, selection: ConceptSelection, component_maps: LayerMaps
-) -> LayerMaps:
-    """The layer's maps at the concept level (same geometry and images as ``component_maps``);
-    ``meta["level"] = "concepts"``, ``meta["component_to_concept"]`` maps canonical components."""
-    post = resolve_posterior(posterior, acts)
+def _points(acts: LayerActivations):
     points = acts.points
     if isinstance(points, str) or hasattr(points, "__fspath__"):
         points = np.load(points, mmap_mode="r")
-    vals = concept_point_values(post, points, selection)
+    return points
+
+
+def _level_maps(
+    component_maps: LayerMaps, acts: LayerActivations, vals: dict, weights, meta: dict
+) -> LayerMaps:
+    """The concept-level ``LayerMaps`` from the per-point concept ``vals`` and the component maps."""
     maps = {key: acts.to_maps(v) for key, v in vals.items()}  # each (I, H_l, W_l); labels -1 off-grid
-    h, k = selection.hierarchy, selection.k
-    weights = torch.as_tensor(h.weights @ h.membership(k))  # (k,)
     values = {}
     for kind, comp in component_maps.values.items():  # registered kinds keep the registry's order
         if kind in maps:
@@ -65,20 +70,54 @@ def concept_layer_maps(
             values[kind] = comp
         else:  # only computed for components
             values[kind] = torch.full_like(comp, float("nan"), dtype=torch.float64)
+    weights = torch.as_tensor(weights)
     return LayerMaps(
         name=component_maps.name,
         geometry=component_maps.geometry,
         values=values,
         weights=weights,
-        active=torch.ones(k, dtype=torch.bool),
+        active=torch.ones(int(weights.shape[0]), dtype=torch.bool),
         image_names=list(component_maps.image_names),
-        meta={
-            **component_maps.meta,
-            "level": "concepts",
-            "criterion": h.criterion,
-            "component_to_concept": h.component_to_concept(k, int(component_maps.weights.shape[0])).tolist(),
-        },
+        meta={**component_maps.meta, "level": "concepts", **meta},
     )
+
+
+def concept_layer_maps(
+    posterior, acts: LayerActivations, selection: ConceptSelection, component_maps: LayerMaps
+) -> LayerMaps:
+    """The layer's maps at the concept level (same geometry and images as ``component_maps``);
+    ``meta["level"] = "concepts"``, ``meta["component_to_concept"]`` maps canonical components."""
+    post = resolve_posterior(posterior, acts)
+    vals = concept_point_values(post, _points(acts), selection)
+    h, k = selection.hierarchy, selection.k
+    meta = {
+        "criterion": h.criterion,
+        "component_to_concept": h.component_to_concept(k, int(component_maps.weights.shape[0])).tolist(),
+    }
+    return _level_maps(component_maps, acts, vals, h.weights @ h.membership(k), meta)
+
+
+def regrouped_layer_maps(
+    posterior, acts: LayerActivations, reference: LayerMaps, component_maps: LayerMaps
+) -> LayerMaps:
+    """The concept-level maps of new positions ``acts`` under the grouping of a run's saved concept
+    maps ``reference`` (its ``meta["component_to_concept"]`` ``(K,)`` and concept ``weights``
+    ``(k,)``), e.g. a finished run applied to new images: the same concepts, the new images' labels,
+    confidence and entropy. Applied to the run's own positions it gives the run's concept maps."""
+    c2c = np.asarray(reference.meta["component_to_concept"], dtype=np.int64)  # (K,), -1: left out
+    K = int(component_maps.weights.shape[0])
+    if c2c.shape != (K,):
+        raise ValueError(
+            f"layer {component_maps.name!r}: the concept grouping covers {c2c.size} components, the "
+            f"maps have K = {K}; give the concept maps of the run whose posterior made these maps."
+        )
+    k = int(reference.weights.shape[0])
+    comps = np.flatnonzero(c2c >= 0)
+    vals = _grouped_values(resolve_posterior(posterior, acts), _points(acts), comps, np.eye(k)[c2c[comps]])
+    meta = {
+        key: reference.meta[key] for key in ("criterion", "component_to_concept") if key in reference.meta
+    }
+    return _level_maps(component_maps, acts, vals, reference.weights.double(), meta)
 
 
 def at_level(
