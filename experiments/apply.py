@@ -60,7 +60,7 @@ def run(cfg: DictConfig) -> dict | None:
             "%s: log-lik %.2f (reference held-out %.2f), novelty share %.3f",
             name, r["heldout_loglik"], r["reference_heldout_loglik"], r["novelty_share"],
         )  # fmt: skip
-    log.info("results in %s (summary.md, metrics.json, per_image.csv, maps/, figures/)", out_dir)
+    log.info("results in %s (report.html, summary.md, metrics.json, per_image.csv, maps/, figures/)", out_dir)
     return result.layers
 
 

@@ -1,6 +1,7 @@
 """Rebuild a finished run's ``report.html`` from its files:
 
     python -m experiments.report run=outputs/analyze/<time>       [prototypes=6]
+    python -m experiments.report run=outputs/apply/<time>         (an applied run: the same)
 
 The run must agree with its manifest (``run_complete.json``); only ``report.html`` (and
 ``control/report.html`` for a run with a control) are rewritten, each atomically, and the manifest
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.pop("run"))
         if not run_dir.is_dir():
             raise FileNotFoundError(
-                f"run directory {run_dir} does not exist; give a finished run of `python -m experiments.analyze`."
+                f"run directory {run_dir} does not exist; give a finished run of `python -m experiments.analyze` or `python -m experiments.apply`."
             )
         with run_directory_lock(run_dir):
             written = rebuild_report(run_dir, **args)

@@ -25,11 +25,12 @@ from torch import nn
 from ..activations import extract
 from ..activations.transform import apply_blocks
 from ..activations.types import LayerActivations
+from ..concepts.levels import regrouped_layer_maps
 from ..data.images import ImageSet
 from ..io import atomic_path, atomic_write_json, atomic_write_text
 from ..maps import LayerMaps, layer_maps
 from .fitfile import LayerFitFile, load_fit, network_fingerprint
-from .outputs import RunOutputs, layer_file, save_images, save_layer_maps
+from .outputs import RunOutputs, layer_file, save_concept_maps, save_images, save_layer_maps
 
 __all__ = ["NOVELTY_QUANTILE", "AppliedRun", "apply_run", "run_network"]
 
@@ -42,7 +43,9 @@ NOVELTY_QUANTILE = 0.95  # a new position is novel when its novelty exceeds this
 class AppliedRun:
     """What :func:`apply_run` computed: ``maps`` ``{layer: LayerMaps}`` over the new images,
     ``layers`` ``{layer: {heldout_loglik, reference_heldout_loglik, loglik_drop, novelty_share,
-    mean_entropy, ...}}``, ``per_image`` (one row per image and layer) and the ``images``."""
+    mean_entropy, ...}}``, ``per_image`` (one row per image and layer) and the ``images``;
+    ``concept_maps`` ``{layer: LayerMaps}``: the new images at the run's concept level (for a run
+    with concepts)."""
 
     maps: dict[str, LayerMaps]
     layers: dict[str, dict]
@@ -50,6 +53,7 @@ class AppliedRun:
     images: ImageSet
     timings: dict = field(default_factory=dict)
     importance: pd.DataFrame | None = None  # importance.csv's table, with importance=...
+    concept_maps: dict[str, LayerMaps] = field(default_factory=dict)  # under the run's concepts
 
 
 def _as_image_set(images) -> ImageSet:
@@ -168,8 +172,9 @@ def apply_run(
 ) -> AppliedRun:
     """Map ``images`` (an ``ImageSet``, ``(I, C, H, W)`` tensor in ``[0, 1]`` or a list of
     ``(C, H, W)``) with the finished ``run``'s fitted layers; with ``out_dir`` (a staging folder:
-    the caller publishes it) also write ``maps/<layer>.npz``, ``images.npz``, ``per_image.csv``,
-    ``metrics.json``, ``summary.md`` and ``figures/`` there. ``model``: the run's network (default:
+    the caller publishes it) also write ``maps/<layer>.npz`` (and ``maps/concepts/<layer>.npz``),
+    ``images.npz``, ``per_image.csv``, ``metrics.json``, ``summary.md``, ``figures/`` and
+    ``report.html`` (unless ``figures["report"]`` is false) there. ``model``: the run's network (default:
     rebuilt from the run's config); another network is refused. ``importance``: keywords of
     :func:`~dpmodels.analysis.importance.run_importance` (``classes``, ``sobol_masks``,
     ``max_images``): concept importance on the new images (``result.importance``, and
@@ -190,19 +195,22 @@ def apply_run(
     acts = extract_applied(model, images, fits, device=device, batch_size=batch_size, progress=progress)
     timings["extract_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    maps, layers, rows = {}, {}, []
+    maps, layers, rows, concept_maps = {}, {}, [], {}
     for name, a in acts.items():
         ref = run.maps(name)
         m = layer_maps(fits[name].posterior, a, num_draws=int(ref.meta["num_draws"]), seed=int(ref.meta["seed"]),
                        per_dimension=bool(ref.meta.get("per_dimension", False)))  # fmt: skip
         maps[name] = m
+        ref_concepts = run.concept_maps(name)
+        if ref_concepts is not None:  # the run's concepts, the new images' labels and entropy
+            concept_maps[name] = regrouped_layer_maps(fits[name].posterior, a, ref_concepts, m)
         layers[name] = _shift(m, ref, run.metrics["layers"][name])
         rows += _per_image(m, ref, name)
     timings["maps_seconds"] = time.perf_counter() - t0
     timings["images_per_second"] = len(images) / max(
         timings["extract_seconds"] + timings["maps_seconds"], 1e-9
     )
-    result = AppliedRun(maps, layers, pd.DataFrame(rows), images, timings)
+    result = AppliedRun(maps, layers, pd.DataFrame(rows), images, timings, concept_maps=concept_maps)
     if importance is not None and importance.get("enabled", True):
         from .importance import run_importance
 
@@ -272,10 +280,13 @@ def write_applied(out_dir: Path, result: AppliedRun, run: RunOutputs, fig_cfg: d
     out_dir.mkdir(parents=True, exist_ok=True)
     for m in result.maps.values():
         save_layer_maps(out_dir, m)
+    for m in result.concept_maps.values():
+        save_concept_maps(out_dir, m)
     save_images(out_dir, result.images)
     with atomic_path(out_dir / "per_image.csv", suffix=".csv") as tmp:
         result.per_image.to_csv(tmp, index=False)
     t0 = time.perf_counter()
+    report = fig_cfg.pop("report", True)
     if fig_cfg.pop("enabled", True):
         from ..viz.maps import plot_image_layers, plot_prototypes, save_figure
 
@@ -288,7 +299,11 @@ def write_applied(out_dir: Path, result: AppliedRun, run: RunOutputs, fig_cfg: d
             save_figure(fig, out_dir / "figures" / f"prototypes_{layer_file(name)}.png", dpi=dpi)
     result.timings["figure_seconds"] = time.perf_counter() - t0
     metrics = {
-        "reference": {"run": str(run.run_dir), "config_hash": run.config_hash},
+        "reference": {
+            "run": str(run.run_dir),
+            "config_hash": run.config_hash,
+            "layers": {name: _reference_row(run.metrics["layers"][name]) for name in result.layers},
+        },
         "layers": result.layers,
         "data": {
             "name": result.images.name,
@@ -315,3 +330,24 @@ def write_applied(out_dir: Path, result: AppliedRun, run: RunOutputs, fig_cfg: d
         "run's novelty (5 % on the run's own images)."
     )
     atomic_write_text(out_dir / "summary.md", "\n".join(lines) + "\n")
+    if report:  # report.html from the files just written (as the main job), then its time recorded
+        from .html_report import write_html_report
+
+        t0 = time.perf_counter()
+        write_html_report(RunOutputs.staged(out_dir), prototypes=int(fig_cfg.get("prototypes", 6)))
+        result.timings["report_seconds"] = time.perf_counter() - t0
+        atomic_write_json(out_dir / "metrics.json", metrics)
+
+
+_REFERENCE_KEYS = ("n_active", "n_active_interval", "heldout_loglik", "mean_entropy")
+
+
+def _reference_row(row: dict) -> dict:
+    """What an applied run keeps of the reference run's layer row: the posterior number of clusters
+    K̂ with its 90 % interval, the held-out log-likelihood and the concepts' number (for the report)."""
+    out = {k: row[k] for k in _REFERENCE_KEYS if k in row}
+    if "concepts" in row:
+        out["concepts"] = {
+            k: row["concepts"][k] for k in ("criterion", "k", "k_interval") if k in row["concepts"]
+        }
+    return out

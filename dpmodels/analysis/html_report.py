@@ -7,6 +7,13 @@ weight, the layer's K̂ interval and, when the images have masks, how the cluste
 regions. Images are inlined (PNG/JPEG data URIs); the run's figures are linked by relative path, so
 the page opens from disk with no network and no server.
 
+An applied run (``experiments.apply``: a finished run's fitted layers mapping new images; its
+``metrics.json`` has a ``reference`` block) gets the same page over the new images, titled as an
+applied run of its reference run: the maps, positions and prototypes are the new images', the
+cluster weights, K̂ interval and concepts the reference run's (recorded in the applied run's
+``metrics.json``), and the per-layer table says how far the new images move each layer (their
+log-likelihood beside the reference's held-out value, the novelty share).
+
 :func:`write_html_report` builds it from any run directory read through
 :class:`~dpmodels.analysis.RunOutputs` (or :meth:`RunOutputs.staged` while the job is still writing);
 :func:`rebuild_report` rebuilds it in a published run and updates that run's manifest.
@@ -185,9 +192,18 @@ def _scalar_cells(maps: LayerMaps, kind: str) -> tuple[list[str], dict]:
     return [_indexed_png(v, pal) for v in index], {"lo": lo, "hi": hi, "bar": bar, "label": label}
 
 
+def _reference(metrics: dict) -> dict | None:
+    """The ``reference`` block of an applied run's metrics (``None`` for a run of the main job)."""
+    ref = metrics.get("reference")
+    return ref if isinstance(ref, dict) and "run" in ref else None
+
+
 def _layer(run: RunOutputs, name: str, images: np.ndarray, masks, mask_names, top_k: int) -> dict:
     maps = run.maps(name)
-    row = run.metrics["layers"][name]
+    ref = _reference(run.metrics)
+    shift = run.metrics["layers"][name] if ref is not None else None
+    # K̂ and concepts: the run's own, or for an applied run the reference run's (its fitted posterior)
+    row = run.metrics["layers"][name] if ref is None else ref.get("layers", {}).get(name, {})
     concept_maps = run.concept_maps(name) if hasattr(run, "concept_maps") else None
     levels = {"components": _level(images, maps, masks, mask_names, top_k)}
     if concept_maps is not None:
@@ -206,7 +222,43 @@ def _layer(run: RunOutputs, name: str, images: np.ndarray, masks, mask_names, to
         "concepts_interval": concepts.get("k_interval"),
         "levels": levels,
         "scalars": scalars,
+        "shift": None if shift is None else {k: _finite(shift.get(k)) for k in _SHIFT_KEYS},
     }
+
+
+_SHIFT_KEYS = ("heldout_loglik", "reference_heldout_loglik", "loglik_drop", "novelty_share")
+_APPLY_COLUMNS = [  # the per-layer table of an applied run: (key, header, format, from the reference)
+    ("n_active", "reference K̂", "{}", True),
+    ("n_active_interval", "reference K 90% interval", "[{0[0]:.0f}, {0[1]:.0f}]", True),
+    ("concepts.k", "reference concepts", "{}", True),
+    ("heldout_loglik", "log-lik new images (nats)", "{:.2f}", False),
+    ("reference_heldout_loglik", "reference held-out log-lik", "{:.2f}", False),
+    ("loglik_drop", "drop", "{:.2f}", False),
+    ("novelty_share", "novelty share", "{:.3f}", False),
+    ("mean_entropy", "mean entropy", "{:.3f}", False),
+    ("reference_mean_entropy", "reference mean entropy", "{:.3f}", False),
+    ("clusters_used", "clusters used", "{}", False),
+]
+
+
+def _apply_table(metrics: dict, ref: dict) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of an applied run's per-layer table (columns no layer has are left out)."""
+
+    def get(row: dict, key: str):
+        for part in key.split("."):
+            row = row.get(part) if isinstance(row, dict) else None
+        return row
+
+    src = {
+        name: (ref.get("layers", {}).get(name, {}), row) for name, row in metrics["layers"].items()
+    }  # fmt: skip
+
+    def value(r: tuple[dict, dict], col: tuple):
+        return get(r[0] if col[3] else r[1], col[0])
+
+    cols = [c for c in _APPLY_COLUMNS if any(value(r, c) is not None for r in src.values())]
+    rows = [[name] + [_fmt(value(r, c), c[2]) for c in cols] for name, r in src.items()]
+    return ["layer"] + [c[1] for c in cols], rows
 
 
 def _tag(tag: str, text: str = "", **attrs) -> str:
@@ -241,7 +293,14 @@ def _layer_head(L: dict) -> str:
     k_int = L["k_interval"]
     text = f'<div class="lname">{html.escape(L["name"])}</div>'
     if L["k"] is not None:
-        text += f"<div>K̂ = {L['k']}" + (f" [{k_int[0]:.0f}, {k_int[1]:.0f}]" if k_int else "") + "</div>"
+        text += f"<div>{'reference ' if L['shift'] else ''}K̂ = {L['k']}"
+        text += (f" [{k_int[0]:.0f}, {k_int[1]:.0f}]" if k_int else "") + "</div>"
+    if L["shift"]:
+        s = L["shift"]
+        text += (
+            f'<div class="shift">novelty share {_fmt(s["novelty_share"], "{:.3f}")} · log-lik '
+            f"{_fmt(s['heldout_loglik'], '{:.2f}')} (reference {_fmt(s['reference_heldout_loglik'], '{:.2f}')})</div>"
+        )
     for level, title in (("components", "clusters"), ("concepts", "concepts")):
         if level not in L["levels"]:
             continue
@@ -259,6 +318,15 @@ def _layer_head(L: dict) -> str:
             f"<span>{_num(s['hi'])}</span> <small>{html.escape(s['label'])}</small></div>"
         )
     return f'<th class="layer">{text}</th>'
+
+
+def _finite(v):
+    """``v``, or ``None`` for a missing or non-finite number (the page's JSON has no NaN)."""
+    return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else v
+
+
+def _fmt(v, fmt: str) -> str:
+    return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else fmt.format(v)
 
 
 def _num(v: float) -> str:
@@ -289,7 +357,8 @@ def build_html_report(run: RunOutputs, *, prototypes: int = 6) -> str:
     """The page of ``run`` (a :class:`RunOutputs`, or :meth:`RunOutputs.staged`) as one string.
 
     Reads ``metrics.json``, ``images.npz``, ``maps/<layer>.npz`` and ``maps/concepts/<layer>.npz``;
-    ``prototypes``: patches per cluster in the cluster panel. Every image of the run, every layer."""
+    ``prototypes``: patches per cluster in the cluster panel. Every image of the run, every layer;
+    for an applied run the new images with the reference run's K̂ and concepts."""
     metrics = run.metrics
     image_set = run.images()
     images = image_set.images.numpy()  # (I, C, H, W) in [0, 1]
@@ -299,7 +368,8 @@ def build_html_report(run: RunOutputs, *, prototypes: int = 6) -> str:
         L = _layer(run, name, images, image_set.masks, image_set.mask_names, prototypes)
         L["layers_index"] = j
         layers.append(L)
-    header, rows = layer_table(metrics)
+    ref = _reference(metrics)
+    header, rows = layer_table(metrics) if ref is None else _apply_table(metrics, ref)
     table = "<table class='metrics'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
     table += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     table += "</table>"
@@ -310,6 +380,20 @@ def build_html_report(run: RunOutputs, *, prototypes: int = 6) -> str:
         f"{len(layers)} layer(s). Click a cluster on a cluster map (or in a layer's legend) for its "
         "prototypes, weight and scores."
     )
+    applied = ""
+    if ref is not None:
+        title = f"dpmodels: applied run of {ref['run']} ({net.get('name', 'network')} on {data.get('name', 'images')})"
+        applied = (
+            f"<p class='applied'>An applied run of the reference run <code>{html.escape(ref['run'])}</code> "
+            f"(config {html.escape(str(ref.get('config_hash') or '?'))}): the new images mapped with its "
+            "network, transforms and fitted posteriors, nothing refitted. Maps, positions and prototypes "
+            "are the new images'; cluster weights, K̂ and concepts are the reference run's. The table: "
+            "the new images' mean log density beside the reference's held-out value (nats per position) "
+            "and the novelty share (new positions above the reference's 95 % novelty quantile; 0.05 on "
+            "the reference's own images).</p>"
+        )
+        if not any("concepts" in L["levels"] for L in layers):
+            applied += "<p>Component level only: the reference run has no concept maps.</p>"
     panel_data = {
         "layers": [
             {
@@ -321,6 +405,7 @@ def build_html_report(run: RunOutputs, *, prototypes: int = 6) -> str:
                 "k_interval": L["k_interval"],
                 "concepts_k": L["concepts_k"],
                 "concepts_interval": L["concepts_interval"],
+                "shift": L["shift"],
                 "levels": {
                     lv: {"labels": d["labels"], "clusters": d["clusters"]} for lv, d in L["levels"].items()
                 },
@@ -328,6 +413,7 @@ def build_html_report(run: RunOutputs, *, prototypes: int = 6) -> str:
             for L in layers
         ],
         "has_masks": image_set.masks is not None,
+        "applied": ref is not None,
     }
     payload = json.dumps(panel_data, separators=(",", ":")).replace("</", "<\\/")
     image_uris = [_photo(im) for im in images]
@@ -335,7 +421,7 @@ def build_html_report(run: RunOutputs, *, prototypes: int = 6) -> str:
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<link rel='icon' href='data:,'>"
         f"<title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(blurb)}</p>"
+        f"<h1>{html.escape(title)}</h1>{applied}<p>{html.escape(blurb)}</p>"
         f"<h2>Layers</h2>{table}{_figures(Path(run.run_dir))}<h2>Maps</h2>"
         f"{_grid(layers, image_uris, names)}"
         "<aside id='panel' hidden><button id='close' type='button'>×</button><div id='panel-body'></div></aside>"

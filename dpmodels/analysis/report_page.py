@@ -21,7 +21,8 @@ img.map { width: 112px; height: auto; margin: 1px; image-rendering: pixelated; }
 img.clickable { cursor: crosshair; }
 .swatch { display: inline-block; width: 12px; height: 12px; margin: 1px; border: 1px solid #0004;
   cursor: pointer; vertical-align: middle; }
-.legend, .order, .bar { font-size: 11px; margin-top: 2px; }
+.legend, .order, .bar, .shift { font-size: 11px; margin-top: 2px; }
+p.applied { background: #fff6d8; border-left: 4px solid #d9a400; padding: 6px 10px; }
 .bar img { width: 70px; height: 9px; vertical-align: middle; margin: 0 3px; }
 img.figure { max-width: 100%; }
 #panel { position: fixed; top: 1em; right: 1em; width: 330px; max-height: 90vh; overflow: auto;
@@ -55,12 +56,19 @@ PAGE_SCRIPT = """
     const body = document.getElementById("panel-body");
     if (!c) { return; }
     const what = level === "concepts" ? "concept" : "cluster";
-    const rows = [["weight", fmt(c.weight, 3)], ["positions (map)", String(c.positions)]];
+    const ref = data.applied ? "reference " : "";
+    const rows = [[data.applied ? "weight (reference posterior)" : "weight", fmt(c.weight, 3)],
+      ["positions (map)", String(c.positions)]];
     if (level === "concepts") {
-      rows.push(["concepts", fmt(layer.concepts_k, 0) + " " + interval(layer.concepts_interval)]);
+      rows.push([ref + "concepts", fmt(layer.concepts_k, 0) + " " + interval(layer.concepts_interval)]);
       rows.push(["components", (c.components || []).join(", ")]);
     } else {
-      rows.push(["K̂ (90% interval)", fmt(layer.k, 0) + " " + interval(layer.k_interval)]);
+      rows.push([ref + "K̂ (90% interval)", fmt(layer.k, 0) + " " + interval(layer.k_interval)]);
+    }
+    if (layer.shift) {
+      rows.push(["layer novelty share", fmt(layer.shift.novelty_share, 3)]);
+      rows.push(["layer log-lik new / reference",
+        fmt(layer.shift.heldout_loglik, 2) + " / " + fmt(layer.shift.reference_heldout_loglik, 2)]);
     }
     if (c.scores) {
       rows.push(["majority region", c.scores.region]);

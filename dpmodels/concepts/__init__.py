@@ -2,7 +2,7 @@
 concepts with its uncertainty over posterior draws, and a layer's maps at the concept level."""
 
 from .hierarchy import CRITERIA, ConceptHierarchy, bhattacharyya_overlap, build_hierarchy, entropy_decrease
-from .levels import LEVELS, at_level, concept_layer_maps, concept_point_values
+from .levels import LEVELS, at_level, concept_layer_maps, concept_point_values, regrouped_layer_maps
 from .selection import (
     ConceptSelection,
     concept_draws,
@@ -27,5 +27,6 @@ __all__ = [
     "elbow",
     "entropy_curve",
     "entropy_decrease",
+    "regrouped_layer_maps",
     "select_concepts",
 ]

@@ -14,28 +14,12 @@ from omegaconf import OmegaConf
 
 from experiments.schema import register
 
+from .conftest import cli as _cli
+
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 TINY = ["experiment=tiny", "viz.num_images=1"]
 GROUPS = ["data", "net", "layers", "prior", "infer", "model", "viz", "evaluate", "experiment"]
-
-
-def _cli(args, tmp_path, module="experiments.analyze", check=True):
-    env = {**os.environ, "DPMODELS_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
-    env.pop("DPMODELS_TRACEBACK", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-        )
-    return proc
 
 
 def _options(group):

@@ -1,13 +1,11 @@
 """experiments.apply and RunOutputs.apply: a tiny run applied to its own images reproduces its
-maps; new images get maps, shift scores and files in a new run directory; bad input gets one line;
-importance=true writes importance.csv in the main job and in apply."""
+maps (both levels); new images get maps, shift scores and files in a new run directory; bad input
+gets one line; importance=true writes importance.csv in the main job and in apply. The applied
+run's report.html: tests/analysis/test_html_report.py."""
 
 import json
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,29 +16,12 @@ from dpmodels.analysis import RunOutputs
 from dpmodels.data.textures import texture_mosaics
 from dpmodels.nets import build_net
 
-ROOT = Path(__file__).resolve().parents[2]
+from .conftest import cli as _cli
+
 TINY = ["experiment=tiny", "viz.num_images=1"]
 SAME_DATA = ["data=textures", "data.num_images=6", "data.size=32"]  # the tiny run's images
 
 pytestmark = pytest.mark.slow
-
-
-def _cli(args, tmp_path, module, check=True):
-    env = {**os.environ, "DPMODELS_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
-    env.pop("DPMODELS_TRACEBACK", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-        )
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +73,11 @@ def test_apply_to_the_runs_own_images_reproduces_its_maps(tiny):
         np.testing.assert_allclose(a.novelty.numpy(), r.novelty.numpy(), rtol=1e-5, equal_nan=True)
         row = applied.metrics["layers"][layer]
         assert row["novelty_share"] == pytest.approx(0.05, abs=0.01)  # the run's own 95 % quantile
+        ca, cr = applied.concept_maps(layer), ref.concept_maps(layer)  # the run's concepts, regrouped
+        assert ca.meta["component_to_concept"] == cr.meta["component_to_concept"]
+        assert torch.equal(ca.labels, cr.labels) and torch.equal(ca.weights, cr.weights)
+        np.testing.assert_allclose(ca.entropy.numpy(), cr.entropy.numpy(), atol=1e-6, equal_nan=True)
+        assert f"maps/concepts/{layer}.npz" in applied.record["files"]
     per_image = pd.read_csv(out / "per_image.csv")
     assert len(per_image) == 6 * len(ref.layers)
     assert (out / "figures" / "layers_00.png").is_file()
