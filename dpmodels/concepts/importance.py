@@ -33,7 +33,61 @@ from ..activations import Layout, preserve_mode, to_map
 from ..activations.layers import list_layers
 from ..activations.smooth import smooth_maps
 
-__all__ = ["ConceptOcclusion", "concept_importance", "deletion_curves", "summarize_importance"]
+__all__ = [
+    "ConceptOcclusion",
+    "check_importance",
+    "concept_importance",
+    "deletion_curves",
+    "summarize_importance",
+]
+
+
+def _no_head(model: nn.Module, got: str) -> ValueError:
+    name = getattr(model, "description", type(model).__name__)
+    return ValueError(
+        f"concept importance needs class logits (b, classes) from the network, but {name} {got}: it has no "
+        "classifier head; use a classifier network (one whose output is class logits) or leave concept "
+        "importance off."
+    )
+
+
+def check_importance(
+    model: nn.Module,
+    layers: Sequence[str] | None,
+    input_shape: tuple[int, int, int],
+    device: str | torch.device = "cpu",
+) -> list[str]:
+    """Whether concept importance can run on ``layers`` of ``model`` (``None``: the default
+    selection, :func:`~dpmodels.activations.conv_layers`) for inputs ``input_shape = (C, H, W)``,
+    checked before any extraction or fit (one forward pass of a blank image). Raises one
+    ``ValueError`` when the network has no classifier head (a model that says so with
+    ``has_classifier = False``, a timm model built with ``num_classes=0``, or an output that is not
+    ``(b, classes)``) or a layer is not a module whose output a forward hook can replace.
+    Returns the layer names."""
+    inner = getattr(model, "model", model)
+    if getattr(inner, "num_classes", None) == 0:
+        raise _no_head(model, "was built with num_classes=0")
+    if getattr(model, "has_classifier", None) is False:
+        raise _no_head(model, "is a feature extractor (no classification layer)")
+    device = torch.device(device)
+    with preserve_mode(model), torch.no_grad():
+        model.eval()
+        out = model(torch.zeros(1, *input_shape, device=device))
+    if not isinstance(out, Tensor) or out.dim() != 2:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise _no_head(model, f"returns {got}")
+    from ..activations.layers import conv_layers
+
+    names = list(layers) if layers is not None else conv_layers(model, input_shape, device)
+    modules = dict(model.named_modules())
+    for layer in names:
+        if not layer or layer not in modules:
+            raise ValueError(
+                f"concept importance replaces positions in a forward hook, so the layer must be a module of "
+                f"{type(model).__name__}; {layer!r} is not one. Choose module outputs (block or stage names "
+                "from dpmodels.activations.list_layers) or leave concept importance off."
+            )
+    return names
 
 
 def _from_map(new: Tensor, out: Tensor, layout: Layout) -> Tensor:
@@ -107,10 +161,8 @@ def _forward(model, hook: ConceptOcclusion, x: Tensor, masks: Tensor | None, bat
                 "module called once (choose another layer)."
             )
         if not isinstance(out, Tensor) or out.dim() != 2:
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(
-                f"concept importance needs class logits (b, classes) from the network, got {shape}: the "
-                "network has no classifier head; use a classifier (e.g. net=efficientnet_lite0, resnet18)."
+            raise _no_head(
+                model, f"returns {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}"
             )
         outs.append(out.float())
     hook.mask = None

@@ -108,3 +108,28 @@ def test_a_graph_node_that_is_no_module_is_refused(tmp_path):
     state, _ = _fit(tmp_path, model)
     with pytest.raises(ValueError, match="must be a module"):
         concept_importance(model, _images(), "mean", LayerFitFile(state))
+
+
+def test_check_importance_refuses_headless_networks_before_any_work():
+    from dpmodels.concepts.importance import check_importance
+
+    assert check_importance(Net(), ["act"], (1, 8, 8)) == ["act"]
+    with pytest.raises(ValueError, match=r"returns \(1, 2, 8, 8\): it has no classifier head"):
+        check_importance(Net(head=False), ["act"], (1, 8, 8))
+    with pytest.raises(ValueError, match="must be a module"):
+        check_importance(Net(), ["mean"], (1, 8, 8))
+
+
+def test_check_importance_refuses_timm_models_without_their_classifier():
+    pytest.importorskip("timm")
+    from dpmodels.concepts.importance import check_importance
+    from dpmodels.nets import build_net
+
+    headless = build_net("test_convnext", source="timm", weights=None, num_classes=0)
+    out = headless(torch.zeros(1, 3, 32, 32))
+    assert out.dim() == 2  # pooled features (b, D): only the declared head tells them from logits
+    with pytest.raises(ValueError, match="built with num_classes=0: it has no classifier head"):
+        check_importance(headless, None, (3, 32, 32))
+    headless.has_classifier = None  # the plain timm module says so too
+    with pytest.raises(ValueError, match="num_classes=0"):
+        check_importance(headless, None, (3, 32, 32))
