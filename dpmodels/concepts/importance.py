@@ -79,15 +79,57 @@ def check_importance(
     from ..activations.layers import conv_layers
 
     names = list(layers) if layers is not None else conv_layers(model, input_shape, device)
-    modules = dict(model.named_modules())
     for layer in names:
-        if not layer or layer not in modules:
+        if layer_module(model, layer) is None:
             raise ValueError(
                 f"concept importance replaces positions in a forward hook, so the layer must be a module of "
                 f"{type(model).__name__}; {layer!r} is not one. Choose module outputs (block or stage names "
                 "from dpmodels.activations.list_layers) or leave concept importance off."
             )
     return names
+
+
+def layer_module(model: nn.Module, layer: str) -> nn.Module | None:
+    """The module whose output is ``layer``: a module of ``model`` of that name, or for a wrapped
+    model of another library (``dpmodels.nets.external.LayerModel``: timm, open_clip) the module of
+    that name inside it; ``None`` when there is none (a graph node such as ``add``)."""
+    if not layer:
+        return None
+    modules = dict(model.named_modules())
+    if layer in modules:
+        return modules[layer]
+    inner = getattr(model, "model", None)
+    if hasattr(model, "tap_names") and isinstance(inner, nn.Module) and layer in model.tap_names():
+        return dict(inner.named_modules()).get(layer)
+    return None
+
+
+def _raw_layout(
+    model: nn.Module, layer: str, module: nn.Module, shape: tuple[int, int, int], input_shape, device
+) -> Layout:
+    """How ``module``'s own output holds the ``(C, H_l, W_l)`` map (a wrapped model's layer is listed
+    as a map; its module may give channel-last maps or tokens): probed with one blank forward pass."""
+    seen = []
+    handle = module.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        with preserve_mode(model), torch.no_grad():
+            model.eval()
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        handle.remove()
+    C, H, W = shape
+    out = seen[0] if len(seen) == 1 else None
+    if isinstance(out, Tensor) and out.dim() == 4 and tuple(out.shape[1:]) == (C, H, W):
+        return Layout("nchw")
+    if isinstance(out, Tensor) and out.dim() == 4 and tuple(out.shape[1:]) == (H, W, C):
+        return Layout("nhwc")
+    if isinstance(out, Tensor) and out.dim() == 3 and out.shape[2] == C and out.shape[1] >= H * W:
+        return Layout("tokens", int(out.shape[1]) - H * W, (H, W))
+    got = tuple(out.shape) if isinstance(out, Tensor) else f"{len(seen)} outputs"
+    raise ValueError(
+        f"layer {layer!r} is a {(C, H, W)} map but its module gives {got}, not that map (channels first or last, or tokens); "
+        "concept importance cannot replace its positions: choose another layer."
+    )
 
 
 def _from_map(new: Tensor, out: Tensor, layout: Layout) -> Tensor:
@@ -106,8 +148,8 @@ class ConceptOcclusion:
     def __init__(
         self, model: nn.Module, layer: str, reference_mean: Tensor, input_shape: tuple[int, int, int]
     ):
-        modules = dict(model.named_modules())
-        if layer not in modules or not layer:
+        module = layer_module(model, layer)
+        if module is None:
             raise ValueError(
                 f"concept importance replaces positions in a forward hook, so the layer must be a module of "
                 f"{type(model).__name__}; {layer!r} is a graph node without a module of that name. Choose a "
@@ -116,6 +158,8 @@ class ConceptOcclusion:
         device = next(iter(model.parameters())).device
         (info,) = list_layers(model, input_shape, device, layers=[layer])
         self.layout, self.shape, self.geometry = info.layout, info.shape, info.geometry  # shape (C, H_l, W_l)
+        if module is not dict(model.named_modules()).get(layer):  # a wrapped model's module
+            self.layout = _raw_layout(model, layer, module, info.shape, input_shape, device)
         self.confidence: Tensor | None = None  # (I, H_l, W_l) after concept_importance
         if int(reference_mean.shape[0]) != self.shape[0]:
             raise ValueError(
@@ -126,7 +170,7 @@ class ConceptOcclusion:
         self.mask: Tensor | None = None
         self.captured: Tensor | None = None
         self.calls = 0
-        self.handle = modules[layer].register_forward_hook(self._hook)
+        self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, _module, _inputs, out):
         self.calls += 1
