@@ -15,7 +15,8 @@
    images where the importance order beats the mean random order.
 3. **Apply speed**: ``RunOutputs.apply`` on ``--apply-images`` new 224 px mosaics against
    ``extract`` of the same layers of the same images (the extraction benchmark's measure), side
-   by side in this process; the ratio is apply's time over extraction's.
+   by side in this process; the ratio is apply's time over extraction's, by the wall clock and by
+   this process's CPU time (which other jobs on a shared machine do not inflate).
 
 Writes ``deletion.json`` and ``deletion.md`` into ``--out``.
 """
@@ -160,12 +161,12 @@ def apply_speed(run_dir: Path, n_images: int) -> dict:
     model, _ = run_network(run)
     images = _textures(n_images, seed=101)
     extract(model, images.images[:2], run.layers, progress=False)  # warm-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     extract(model, images, run.layers, progress=False)
-    t_extract = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    run.apply(images, model=model)
-    t_apply = time.perf_counter() - t0
+    t_extract, c_extract = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    applied = run.apply(images, model=model)
+    t_apply, c_apply = time.perf_counter() - t0, time.process_time() - c0
     return {
         "images": n_images,
         "extract_seconds": t_extract,
@@ -173,7 +174,14 @@ def apply_speed(run_dir: Path, n_images: int) -> dict:
         "extract_images_per_s": n_images / t_extract,
         "apply_images_per_s": n_images / t_apply,
         "ratio": t_apply / t_extract,
+        # CPU seconds of this process: on a shared machine the wall-clock ratio also measures the
+        # other jobs' load, which may differ between the two phases
+        "extract_cpu_seconds": c_extract,
+        "apply_cpu_seconds": c_apply,
+        "cpu_ratio": c_apply / c_extract,
+        "apply_parts_seconds": {k: v for k, v in applied.timings.items() if k.endswith("_seconds")},
         "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
     }
 
 
@@ -201,7 +209,9 @@ def _markdown(results: dict) -> str:
         lines.append(
             f"\nApply: {s['images']} images at 224 px in {s['apply_seconds']:.1f} s ({s['apply_images_per_s']:.2f} img/s) "
             f"against extraction's {s['extract_seconds']:.1f} s ({s['extract_images_per_s']:.2f} img/s): "
-            f"ratio {s['ratio']:.2f} ({s['threads']} threads)."
+            f"ratio {s['ratio']:.2f} ({s['threads']} threads); CPU time ratio {s['cpu_ratio']:.2f} "
+            f"(apply's parts: {', '.join(f'{k} {v:.1f}' for k, v in s['apply_parts_seconds'].items())}); "
+            f"load average at the end {', '.join(f'{v:.1f}' for v in s['load_average'])}."
         )
     return "\n".join(lines) + "\n"
 
