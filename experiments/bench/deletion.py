@@ -270,11 +270,9 @@ def main(argv: list[str] | None = None) -> dict:
         )  # fmt: skip
     if args.apply_images > 0:
         results["apply_speed"] = apply_speed(textures, args.apply_images)
-    tag = (
-        ""
-        if not (args.skip_textures or args.skip_histology)
-        else ("_ihc" if args.skip_textures else "_textures")
-    )
+    tag = {(False, False): "", (True, False): "_ihc", (False, True): "_textures", (True, True): "_apply"}[
+        (args.skip_textures, args.skip_histology)
+    ]
     (out / f"deletion{tag}.json").write_text(json.dumps(results, indent=2, default=str))
     md = _markdown(results)
     (out / f"deletion{tag}.md").write_text(md)
