@@ -22,7 +22,7 @@ from dpmodels.analysis import analyze, obtain_network
 from dpmodels.analysis.network import check_layers
 from dpmodels.spatial import SpatialDPGMM
 
-from .builders import dataset_from_config, dpgmm_kwargs
+from .builders import check_importance_config, dataset_from_config, dpgmm_kwargs
 from .common import (
     check_same_config,
     guard_argv,
@@ -99,6 +99,8 @@ def run(cfg: DictConfig, group=None) -> dict | None:
         return obtain_network(name, in_channels=images.channels, cache_dir=cfg.cache_dir, **settings)
 
     model, net_info = network(device=cfg.device, progress=cfg.infer.progress, **net)
+    if cfg.importance.enabled:  # before any extraction or fit
+        check_importance_config(model, cfg.layers.names, images, cfg.device)
     metrics = _analyze(cfg, images, model, staging, net_info, group)
     if cfg.control:  # the same architecture with random weights: what learning adds
         net.update(weights=None, train=False)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from dpmodels.analysis import RunOutputs
 from dpmodels.analysis.apply import apply_run, run_network
 
-from .builders import dataset_from_config
+from .builders import check_importance_config, dataset_from_config
 from .common import guard_argv, job, mark_done, mark_started, output_dir, should_run
 from .schema import register
 
@@ -48,6 +48,8 @@ def run(cfg: DictConfig) -> dict | None:
     images = dataset_from_config(cfg.data)
     log.info("applying %s to %s: %d images %s", ref_dir, images.name, len(images), images.size)
     model, _ = run_network(reference, cache_dir=cfg.cache_dir, device=cfg.device)
+    if cfg.importance.enabled:  # before any extraction
+        check_importance_config(model, reference.layers, images, cfg.device)
     staging = mark_started(out_dir, cfg)
     result = apply_run(
         reference, images, model=model, out_dir=staging, device=cfg.device, batch_size=cfg.batch_size,

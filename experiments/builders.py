@@ -64,3 +64,14 @@ def dpgmm_kwargs(prior: DictConfig, infer: DictConfig) -> dict:
         "active_threshold": infer.active_threshold,
         "checkpoint_every": infer.checkpoint_every,
     }
+
+
+def check_importance_config(model, layers, images: ImageSet, device: str = "cpu") -> None:
+    """``importance=true``: refuse a network without a classifier head (or a layer a forward hook
+    cannot replace) in one line, before any extraction or fit."""
+    from dpmodels.concepts.importance import check_importance
+
+    try:
+        check_importance(model, layers, tuple(images.images.shape[1:]), device)
+    except ValueError as err:
+        raise ValueError(f"importance=true: {err}") from None

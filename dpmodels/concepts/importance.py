@@ -33,7 +33,103 @@ from ..activations import Layout, preserve_mode, to_map
 from ..activations.layers import list_layers
 from ..activations.smooth import smooth_maps
 
-__all__ = ["ConceptOcclusion", "concept_importance", "deletion_curves", "summarize_importance"]
+__all__ = [
+    "ConceptOcclusion",
+    "check_importance",
+    "concept_importance",
+    "deletion_curves",
+    "summarize_importance",
+]
+
+
+def _no_head(model: nn.Module, got: str) -> ValueError:
+    name = getattr(model, "description", type(model).__name__)
+    return ValueError(
+        f"concept importance needs class logits (b, classes) from the network, but {name} {got}: it has no "
+        "classifier head; use a classifier network (one whose output is class logits) or leave concept "
+        "importance off."
+    )
+
+
+def check_importance(
+    model: nn.Module,
+    layers: Sequence[str] | None,
+    input_shape: tuple[int, int, int],
+    device: str | torch.device = "cpu",
+) -> list[str]:
+    """Whether concept importance can run on ``layers`` of ``model`` (``None``: the default
+    selection, :func:`~dpmodels.activations.conv_layers`) for inputs ``input_shape = (C, H, W)``,
+    checked before any extraction or fit (one forward pass of a blank image). Raises one
+    ``ValueError`` when the network has no classifier head (a model that says so with
+    ``has_classifier = False``, a timm model built with ``num_classes=0``, or an output that is not
+    ``(b, classes)``) or a layer is not a module whose output a forward hook can replace.
+    Returns the layer names."""
+    inner = getattr(model, "model", model)
+    if getattr(inner, "num_classes", None) == 0:
+        raise _no_head(model, "was built with num_classes=0")
+    if getattr(model, "has_classifier", None) is False:
+        raise _no_head(model, "is a feature extractor (no classification layer)")
+    device = torch.device(device)
+    with preserve_mode(model), torch.no_grad():
+        model.eval()
+        out = model(torch.zeros(1, *input_shape, device=device))
+    if not isinstance(out, Tensor) or out.dim() != 2:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise _no_head(model, f"returns {got}")
+    from ..activations.layers import conv_layers
+
+    names = list(layers) if layers is not None else conv_layers(model, input_shape, device)
+    for layer in names:
+        if layer_module(model, layer) is None:
+            raise ValueError(
+                f"concept importance replaces positions in a forward hook, so the layer must be a module of "
+                f"{type(model).__name__}; {layer!r} is not one. Choose module outputs (block or stage names "
+                "from dpmodels.activations.list_layers) or leave concept importance off."
+            )
+    return names
+
+
+def layer_module(model: nn.Module, layer: str) -> nn.Module | None:
+    """The module whose output is ``layer``: a module of ``model`` of that name, or for a wrapped
+    model of another library (``dpmodels.nets.external.LayerModel``: timm, open_clip) the module of
+    that name inside it; ``None`` when there is none (a graph node such as ``add``)."""
+    if not layer:
+        return None
+    modules = dict(model.named_modules())
+    if layer in modules:
+        return modules[layer]
+    inner = getattr(model, "model", None)
+    if hasattr(model, "tap_names") and isinstance(inner, nn.Module) and layer in model.tap_names():
+        return dict(inner.named_modules()).get(layer)
+    return None
+
+
+def _raw_layout(
+    model: nn.Module, layer: str, module: nn.Module, shape: tuple[int, int, int], input_shape, device
+) -> Layout:
+    """How ``module``'s own output holds the ``(C, H_l, W_l)`` map (a wrapped model's layer is listed
+    as a map; its module may give channel-last maps or tokens): probed with one blank forward pass."""
+    seen = []
+    handle = module.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        with preserve_mode(model), torch.no_grad():
+            model.eval()
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        handle.remove()
+    C, H, W = shape
+    out = seen[0] if len(seen) == 1 else None
+    if isinstance(out, Tensor) and out.dim() == 4 and tuple(out.shape[1:]) == (C, H, W):
+        return Layout("nchw")
+    if isinstance(out, Tensor) and out.dim() == 4 and tuple(out.shape[1:]) == (H, W, C):
+        return Layout("nhwc")
+    if isinstance(out, Tensor) and out.dim() == 3 and out.shape[2] == C and out.shape[1] >= H * W:
+        return Layout("tokens", int(out.shape[1]) - H * W, (H, W))
+    got = tuple(out.shape) if isinstance(out, Tensor) else f"{len(seen)} outputs"
+    raise ValueError(
+        f"layer {layer!r} is a {(C, H, W)} map but its module gives {got}, not that map (channels first or last, or tokens); "
+        "concept importance cannot replace its positions: choose another layer."
+    )
 
 
 def _from_map(new: Tensor, out: Tensor, layout: Layout) -> Tensor:
@@ -52,8 +148,8 @@ class ConceptOcclusion:
     def __init__(
         self, model: nn.Module, layer: str, reference_mean: Tensor, input_shape: tuple[int, int, int]
     ):
-        modules = dict(model.named_modules())
-        if layer not in modules or not layer:
+        module = layer_module(model, layer)
+        if module is None:
             raise ValueError(
                 f"concept importance replaces positions in a forward hook, so the layer must be a module of "
                 f"{type(model).__name__}; {layer!r} is a graph node without a module of that name. Choose a "
@@ -62,6 +158,8 @@ class ConceptOcclusion:
         device = next(iter(model.parameters())).device
         (info,) = list_layers(model, input_shape, device, layers=[layer])
         self.layout, self.shape, self.geometry = info.layout, info.shape, info.geometry  # shape (C, H_l, W_l)
+        if module is not dict(model.named_modules()).get(layer):  # a wrapped model's module
+            self.layout = _raw_layout(model, layer, module, info.shape, input_shape, device)
         self.confidence: Tensor | None = None  # (I, H_l, W_l) after concept_importance
         if int(reference_mean.shape[0]) != self.shape[0]:
             raise ValueError(
@@ -72,7 +170,7 @@ class ConceptOcclusion:
         self.mask: Tensor | None = None
         self.captured: Tensor | None = None
         self.calls = 0
-        self.handle = modules[layer].register_forward_hook(self._hook)
+        self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, _module, _inputs, out):
         self.calls += 1
@@ -107,10 +205,8 @@ def _forward(model, hook: ConceptOcclusion, x: Tensor, masks: Tensor | None, bat
                 "module called once (choose another layer)."
             )
         if not isinstance(out, Tensor) or out.dim() != 2:
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(
-                f"concept importance needs class logits (b, classes) from the network, got {shape}: the "
-                "network has no classifier head; use a classifier (e.g. net=efficientnet_lite0, resnet18)."
+            raise _no_head(
+                model, f"returns {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}"
             )
         outs.append(out.float())
     hook.mask = None

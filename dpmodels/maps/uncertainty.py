@@ -89,13 +89,19 @@ def _draw_terms(posterior: MixturePosterior, num_draws: int, seed: int) -> dict[
 def _features(x: Tensor, full: bool) -> Tensor:
     """``(n, F)`` features whose linear map gives every component's log joint: the products
     ``x_i x_j`` (``i <= j``; full) or ``x_i^2`` (diag and low-rank), then ``x`` and a 1."""
-    D = x.shape[1]
-    if full:
-        iu = torch.triu_indices(D, D, device=x.device)
-        quad = x[:, iu[0]] * x[:, iu[1]]  # (n, D(D+1)/2)
+    n, D = x.shape
+    Q = D * (D + 1) // 2 if full else D
+    out = torch.empty(n, Q + D + 1, dtype=x.dtype, device=x.device)  # (n, F)
+    if full:  # row i of the upper triangle, x_i x_j for j >= i, written in place (no index gathers)
+        j = 0
+        for i in range(D):
+            torch.mul(x[:, i : i + 1], x[:, i:], out=out[:, j : j + D - i])
+            j += D - i
     else:
-        quad = x * x  # (n, D)
-    return torch.cat([quad, x, torch.ones_like(x[:, :1])], 1)  # (n, F)
+        torch.mul(x, x, out=out[:, :D])
+    out[:, Q : Q + D] = x
+    out[:, -1] = 1.0
+    return out
 
 
 def _log_joint(x: Tensor, feats: Tensor, terms: dict[str, Tensor], comps: Tensor | None) -> Tensor:

@@ -103,6 +103,8 @@ class LayerModel(nn.Module):
         # layers whose receptive field is the whole image (global attention): geometry skips the
         # enlarged probes for them (stride = patch size, field = the input)
         self.whole_image_layers: frozenset[str] = frozenset()
+        # whether forward(x) returns class logits (b, classes); None: not known from the model
+        self.has_classifier: bool | None = None
 
     def tap_names(self) -> list[str]:
         """The layer names, shallow to deep."""
@@ -162,6 +164,7 @@ class TimmNet(LayerModel):
         if transformer:
             self.whole_image_layers = frozenset(modules)
         self.preprocessing = timm_preprocessing(model, name)
+        self.has_classifier = int(getattr(model, "num_classes", 0) or 0) > 0
 
     def forward_layers(self, x: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
         indices = self._check(names)
@@ -278,6 +281,7 @@ class HFVisionNet(LayerModel):
         self.default_layers = _evenly([f"blocks.{i}" for i in range(blocks)])
         self.whole_image_layers = frozenset(n for n in self._layers if n != "embeddings")
         self.preprocessing = preprocessing
+        self.has_classifier = False  # forward returns the last hidden state (b, T, C)
         self._interpolate = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
 
     def _run(self, x: Tensor, hidden_states: bool):
@@ -416,6 +420,7 @@ class OpenCLIPNet(LayerModel):
         elif hasattr(visual, "trunk"):  # a timm trunk
             raise ValueError(f"open_clip {name} wraps a timm model; use net=timm with that architecture.")
         self.preprocessing = preprocessing
+        self.has_classifier = False  # forward returns the image embedding, not class logits
 
     def forward_layers(self, x: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
         indices = self._check(names)

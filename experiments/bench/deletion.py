@@ -15,7 +15,8 @@
    images where the importance order beats the mean random order.
 3. **Apply speed**: ``RunOutputs.apply`` on ``--apply-images`` new 224 px mosaics against
    ``extract`` of the same layers of the same images (the extraction benchmark's measure), side
-   by side in this process; the ratio is apply's time over extraction's.
+   by side in this process; the ratio is apply's time over extraction's, by the wall clock and by
+   this process's CPU time (which other jobs on a shared machine do not inflate).
 
 Writes ``deletion.json`` and ``deletion.md`` into ``--out``.
 """
@@ -63,8 +64,15 @@ def deletion_study(
     random_orders: int,
     seed: int = 0,
     layers=None,
+    save_dir: Path | None = None,
 ):
-    """Per layer of ``run_dir``: mean deletion AUC per order over the images, and the per-image AUCs."""
+    """Per layer of ``run_dir``: mean deletion AUC per order over the images.
+
+    With ``save_dir``, each layer's row is written to ``save_dir/<layer>.json`` (with the per-image
+    AUCs) and ``save_dir/<layer>_per_image.csv`` as soon as the layer is done, and a layer whose
+    file exists is read back instead of recomputed (a long run can be resumed; partial results
+    survive an interruption).
+    """
     from dpmodels.analysis import RunOutputs
     from dpmodels.analysis.apply import run_network
     from dpmodels.concepts.importance import ConceptOcclusion, concept_importance, deletion_curves
@@ -74,6 +82,11 @@ def deletion_study(
     x = images.images[:max_images]
     out = {}
     for layer in layers or run.layers:
+        done = save_dir / f"{layer}.json" if save_dir is not None else None
+        if done is not None and done.is_file():
+            out[layer] = json.loads(done.read_text())["summary"]
+            print(f"{run_dir.name} {layer}: read back from {done}", file=sys.stderr)
+            continue
         t0 = time.perf_counter()
         fit = run.fit(layer)
         frame, kept = concept_importance(model, x, layer, fit, sobol_masks=sobol_masks, seed=seed,
@@ -81,6 +94,7 @@ def deletion_study(
         hook = ConceptOcclusion(model, layer, fit.reference_mean, tuple(x.shape[1:]))
         rng = np.random.default_rng(seed)
         aucs: dict[str, list[float]] = {}
+        scored: list[int] = []
         try:
             with torch.no_grad():
                 model.eval()
@@ -102,6 +116,7 @@ def deletion_study(
                     )
                     if not np.isfinite(curves["area"]).all():
                         continue  # removing every concept leaves the logit unchanged: no curve
+                    scored.append(i)
                     for k, v in curves.items():
                         aucs.setdefault(k, []).append(auc(v))
         finally:
@@ -120,8 +135,19 @@ def deletion_study(
         )
         row["mean_concepts"] = float(frame.groupby("image")["concept"].nunique().mean())
         row["seconds"] = time.perf_counter() - t0
+        row["occlusion_below_random_and_area"] = bool(
+            len(rand) and row["occlusion"] < row["random"] and row["occlusion"] < row["area"]
+        )
         out[layer] = row
         print(f"{run_dir.name} {layer}: {row}", file=sys.stderr)
+        if save_dir is not None:
+            save_dir.mkdir(parents=True, exist_ok=True)
+            per_image = {"image": scored, **aucs}
+            (save_dir / f"{layer}_per_image.csv").write_text(
+                ",".join(per_image) + "\n"
+                + "".join(",".join(str(per_image[k][j]) for k in per_image) + "\n" for j in range(len(scored)))
+            )  # fmt: skip
+            done.write_text(json.dumps({"summary": row, "per_image_auc": per_image}, indent=2))
     return out
 
 
@@ -135,12 +161,12 @@ def apply_speed(run_dir: Path, n_images: int) -> dict:
     model, _ = run_network(run)
     images = _textures(n_images, seed=101)
     extract(model, images.images[:2], run.layers, progress=False)  # warm-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     extract(model, images, run.layers, progress=False)
-    t_extract = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    run.apply(images, model=model)
-    t_apply = time.perf_counter() - t0
+    t_extract, c_extract = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    applied = run.apply(images, model=model)
+    t_apply, c_apply = time.perf_counter() - t0, time.process_time() - c0
     return {
         "images": n_images,
         "extract_seconds": t_extract,
@@ -148,7 +174,14 @@ def apply_speed(run_dir: Path, n_images: int) -> dict:
         "extract_images_per_s": n_images / t_extract,
         "apply_images_per_s": n_images / t_apply,
         "ratio": t_apply / t_extract,
+        # CPU seconds of this process: on a shared machine the wall-clock ratio also measures the
+        # other jobs' load, which may differ between the two phases
+        "extract_cpu_seconds": c_extract,
+        "apply_cpu_seconds": c_apply,
+        "cpu_ratio": c_apply / c_extract,
+        "apply_parts_seconds": {k: v for k, v in applied.timings.items() if k.endswith("_seconds")},
         "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
     }
 
 
@@ -161,21 +194,24 @@ def _textures(n: int, seed: int):
 
 
 def _markdown(results: dict) -> str:
-    lines = ["| run | layer | images | concepts | AUC occlusion | AUC Sobol | AUC area | AUC random | occl. < random | occl. < area |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| run | layer | images | concepts | AUC occlusion | AUC Sobol | AUC area | AUC random | occl. < random | occl. < area | rule |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for run, layers in results["deletion"].items():
         for layer, r in layers.items():
             lines.append(
                 f"| {run} | {layer} | {r['images']} | {r['mean_concepts']:.1f} | {r.get('occlusion', float('nan')):.3f} | "
                 f"{r.get('sobol', float('nan')):.3f} | {r.get('area', float('nan')):.3f} | {r['random']:.3f} | "
-                f"{r['occlusion_beats_random']:.2f} | {r['occlusion_beats_area']:.2f} |"
+                f"{r['occlusion_beats_random']:.2f} | {r['occlusion_beats_area']:.2f} | "
+                f"{'met' if r.get('occlusion_below_random_and_area') else 'not met'} |"
             )
     s = results.get("apply_speed")
     if s:
         lines.append(
             f"\nApply: {s['images']} images at 224 px in {s['apply_seconds']:.1f} s ({s['apply_images_per_s']:.2f} img/s) "
             f"against extraction's {s['extract_seconds']:.1f} s ({s['extract_images_per_s']:.2f} img/s): "
-            f"ratio {s['ratio']:.2f} ({s['threads']} threads)."
+            f"ratio {s['ratio']:.2f} ({s['threads']} threads); CPU time ratio {s['cpu_ratio']:.2f} "
+            f"(apply's parts: {', '.join(f'{k} {v:.1f}' for k, v in s['apply_parts_seconds'].items())}); "
+            f"load average at the end {', '.join(f'{v:.1f}' for v in s['load_average'])}."
         )
     return "\n".join(lines) + "\n"
 
@@ -209,9 +245,11 @@ def main(argv: list[str] | None = None) -> dict:
         common.append(f"layers.names={args.layers}")
     score = args.score_layers.split(",") if args.score_layers else None
     results: dict = {"settings": vars(args), "deletion": {}}
-    textures = reference_run(
-        out, "real_textures", ["data=real_textures", f"data.num_images={args.ref_images}", *common]
-    )
+    textures = None
+    if not args.skip_textures or args.apply_images > 0:
+        textures = reference_run(
+            out, "real_textures", ["data=real_textures", f"data.num_images={args.ref_images}", *common]
+        )
     if not args.skip_textures:
         results["deletion"]["real_textures"] = deletion_study(
             textures,
@@ -220,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
             sobol_masks=args.sobol_masks,
             random_orders=args.random_orders,
             layers=score,
+            save_dir=out / "layers" / "real_textures",
         )
     if not args.skip_histology:
         ihc = reference_run(out, "ihc", ["data=ihc", *common])
@@ -227,15 +266,13 @@ def main(argv: list[str] | None = None) -> dict:
 
         results["deletion"]["ihc"] = deletion_study(
             ihc, RunOutputs(ihc).images(), max_images=1, sobol_masks=args.sobol_masks,
-            random_orders=args.random_orders, layers=score,
+            random_orders=args.random_orders, layers=score, save_dir=out / "layers" / "ihc",
         )  # fmt: skip
     if args.apply_images > 0:
         results["apply_speed"] = apply_speed(textures, args.apply_images)
-    tag = (
-        ""
-        if not (args.skip_textures or args.skip_histology)
-        else ("_ihc" if args.skip_textures else "_textures")
-    )
+    tag = {(False, False): "", (True, False): "_ihc", (False, True): "_textures", (True, True): "_apply"}[
+        (args.skip_textures, args.skip_histology)
+    ]
     (out / f"deletion{tag}.json").write_text(json.dumps(results, indent=2, default=str))
     md = _markdown(results)
     (out / f"deletion{tag}.md").write_text(md)

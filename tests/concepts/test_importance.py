@@ -108,3 +108,60 @@ def test_a_graph_node_that_is_no_module_is_refused(tmp_path):
     state, _ = _fit(tmp_path, model)
     with pytest.raises(ValueError, match="must be a module"):
         concept_importance(model, _images(), "mean", LayerFitFile(state))
+
+
+def test_check_importance_refuses_headless_networks_before_any_work():
+    from dpmodels.concepts.importance import check_importance
+
+    assert check_importance(Net(), ["act"], (1, 8, 8)) == ["act"]
+    with pytest.raises(ValueError, match=r"returns \(1, 2, 8, 8\): it has no classifier head"):
+        check_importance(Net(head=False), ["act"], (1, 8, 8))
+    with pytest.raises(ValueError, match="must be a module"):
+        check_importance(Net(), ["mean"], (1, 8, 8))
+
+
+def test_check_importance_refuses_timm_models_without_their_classifier():
+    pytest.importorskip("timm")
+    from dpmodels.concepts.importance import check_importance
+    from dpmodels.nets import build_net
+
+    headless = build_net("test_convnext", source="timm", weights=None, num_classes=0)
+    out = headless(torch.zeros(1, 3, 32, 32))
+    assert out.dim() == 2  # pooled features (b, D): only the declared head tells them from logits
+    with pytest.raises(ValueError, match="built with num_classes=0: it has no classifier head"):
+        check_importance(headless, None, (3, 32, 32))
+    headless.has_classifier = None  # the plain timm module says so too
+    with pytest.raises(ValueError, match="num_classes=0"):
+        check_importance(headless, None, (3, 32, 32))
+
+
+@pytest.mark.parametrize("name, layer, options", [("test_convnext", "stages.1", {}), ("test_vit", "blocks.1", {"img_size": 32})])  # fmt: skip
+def test_timm_classifiers_are_scored_through_their_own_modules(tmp_path, name, layer, options):
+    pytest.importorskip("timm")
+    from dpmodels.concepts.importance import ConceptOcclusion, check_importance
+    from dpmodels.nets import build_net
+
+    torch.manual_seed(0)
+    model = build_net(
+        name, source="timm", weights=None, **options
+    ).eval()  # a wrapped timm model with its head
+    x = torch.rand(3, 3, 32, 32)
+    assert check_importance(model, [layer], (3, 32, 32)) == [layer]
+    acts = extract(model, x, [layer], progress=False)
+    a = acts[layer]
+    # the hook on timm's module sees exactly the map the extraction reads (channels first or tokens)
+    hook = ConceptOcclusion(model, layer, torch.zeros(a.num_features), (3, 32, 32))
+    try:
+        with torch.no_grad():
+            model(model.preprocessing(x))
+        assert torch.equal(hook.captured.permute(0, 2, 3, 1).reshape(-1, a.num_features), a.tensor())
+    finally:
+        hook.remove()
+    fitted = DPGMM(truncation=4, seed=0, covariance="diag").fit(a.tensor().numpy())
+    path = save_fit(tmp_path, layer, fitted.posterior_, a, network_fingerprint(model))
+    fit = LayerFitFile(torch.load(path, weights_only=True))
+    frame = concept_importance(model, x, layer, fit, sobol_masks=2)
+    # the scored images went through the network's own preprocessing: the same concepts as the extraction
+    expected = fit.posterior.log_responsibilities(a.tensor())[0].argmax(-1)
+    assert torch.equal(frame.attrs["labels"].flatten(), expected)
+    assert len(frame) and np.isfinite(frame["occlusion"]).all() and set(frame["image"]) == {0, 1, 2}
