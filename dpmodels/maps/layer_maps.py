@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from ..activations.types import LayerActivations, LayerGeometry
@@ -81,19 +82,25 @@ class LayerMaps:
             raise ValueError(f"layer {self.name!r} has no {kind!r} map (its maps: {sorted(self.values)}).")
         return self.values[kind]
 
-    def at_input(self, kind: str, image_size: tuple[int, int] | None = None) -> Tensor:
+    def at_input(
+        self, kind: str, image_size: tuple[int, int] | None = None, images: Sequence[int] | None = None
+    ) -> Tensor:
         """The ``kind`` map at input resolution ``(I, H, W)``: labels by nearest position, continuous
         maps by bilinear interpolation between position centres (see ``dpmodels.maps.resample``).
 
         ``image_size``: the ``(H, W)`` of the images the maps will be compared with or drawn over;
-        it must equal the layer's input size (checked, not resized to)."""
+        it must equal the layer's input size (checked, not resized to). ``images``: indices of the
+        images to resample (default all); the result is then ``(len(images), H, W)``."""
         if image_size is not None and tuple(image_size) != tuple(self.geometry.input_size):
             raise ValueError(
                 f"layer {self.name!r} was extracted from {tuple(self.geometry.input_size)} images, got "
                 f"image_size={tuple(image_size)}; use the images the activations came from."
             )
         mode = "nearest" if map_kind(kind).clusters else "bilinear"
-        return upsample_map(self.get(kind), self.geometry, mode)
+        values = self.get(kind)
+        if images is not None:
+            values = values[torch.as_tensor(list(images), dtype=torch.long)]
+        return upsample_map(values, self.geometry, mode)
 
 
 def resolve_posterior(posterior, acts: LayerActivations) -> MixturePosterior:

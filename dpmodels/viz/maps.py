@@ -80,7 +80,7 @@ def _draw_row(axes, image, maps: LayerMaps, index: int, kinds, alpha: float, fig
     axes[0].set_title("image")
     for ax, kind in zip(axes[1:], kinds, strict=True):
         if kind in MAPS and MAPS[kind].clusters:
-            lab = maps.at_input(kind)[index].numpy()
+            lab = maps.at_input(kind, images=[index])[0].numpy()
             ax.imshow(rgb)
             ax.imshow(label_overlay(lab, K), alpha=alpha)
             present = [int(k) for k in np.unique(lab) if k >= 0]  # canonical order = by weight
@@ -94,7 +94,7 @@ def _draw_row(axes, image, maps: LayerMaps, index: int, kinds, alpha: float, fig
             ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
             ax.set_title(f"{maps.name}: {unit}s")
         else:
-            v = maps.at_input(kind)[index].numpy()
+            v = maps.at_input(kind, images=[index])[0].numpy()
             cmap, label = map_style(kind)
             im = ax.imshow(v, cmap=cmap)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=label)

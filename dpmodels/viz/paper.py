@@ -44,12 +44,14 @@ def plot_paper_figure(
         values = []
         for j, maps in enumerate(layers, start=1):
             _check_index(maps, index, image)
-            top[j].imshow(label_overlay(maps.at_input("labels")[index].numpy(), int(maps.weights.shape[0])))
+            top[j].imshow(
+                label_overlay(maps.at_input("labels", images=[index])[0].numpy(), int(maps.weights.shape[0]))
+            )
             interval = (k_intervals or {}).get(label, {}).get(maps.name)
             k_text = f"K̂={maps.n_active}" + (f" [{interval[0]:.0f}, {interval[1]:.0f}]" if interval else "")
             top[j].set_title(f"{maps.name}\n{k_text}", fontsize=8)
             if uncertainty:
-                values.append(maps.at_input(uncertainty)[index].numpy())
+                values.append(maps.at_input(uncertainty, images=[index])[0].numpy())
         if uncertainty:
             bottom = axes[per_net * r + 1]
             finite = np.concatenate([v[np.isfinite(v)].ravel() for v in values])
