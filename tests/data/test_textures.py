@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -162,8 +160,8 @@ def test_bad_arguments_raise():
         texture_patches(2, size=4)
 
 
-def test_generation_is_fast():
-    start = time.perf_counter()
+def test_many_images_generate_with_their_masks():
+    # (its speed, about 0.2 s on an idle core, is not asserted: a wall-clock bound fails on loaded machines)
     s = texture_mosaics(300, 64, family="B", seed=0)
-    assert time.perf_counter() - start < 10.0  # about 0.2 s on an idle laptop core (1000 images: 0.6 s)
-    assert s.images.shape == (300, 3, 64, 64)
+    assert s.images.shape == (300, 3, 64, 64) and s.masks.shape == (300, 64, 64)
+    assert bool(torch.isfinite(s.images).all()) and int(s.masks.min()) >= 0
