@@ -187,3 +187,23 @@ def test_a_fit_whose_file_is_truncated_meanwhile_stops_with_one_clear_error(tmp_
     finally:
         thread.join()
     assert path.stat().st_size == before // 2  # the cut happened during the fit
+
+
+def test_rows_of_a_file_are_read_without_a_memory_map_and_a_cut_file_is_an_error(tmp_path):
+    from dpmodels.data import PointSource
+
+    path = tmp_path / "x.npy"
+    x = np.random.default_rng(0).normal(size=(5000, 7)).astype(np.float32)
+    np.save(path, x)
+    source = PointSource(path)
+    rows = np.random.default_rng(1).choice(5000, size=900, replace=True)  # unsorted, with repeats
+    got = source[:, torch.as_tensor(rows)]
+    assert torch.equal(got[0], torch.from_numpy(x[rows]))
+    small = source._read_rows(np.array([4999, 0, 17, -1]), window_bytes=64)  # many small windows
+    assert np.array_equal(small, x[[4999, 0, 17, -1]])
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size // 3)
+    with pytest.raises(ValueError, match=r"changed while it was being read.*\(truncated\)"):
+        source[:, torch.as_tensor(rows)]
+    with pytest.raises(ValueError, match=r"\(truncated\)"):  # a cut between the check and the read
+        source._read_rows(np.array([4000, 10]))  # a short read, where a memory map would crash (SIGBUS)

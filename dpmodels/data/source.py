@@ -126,6 +126,11 @@ class PointSource:
             if self.shape[0] > 1:
                 block = np.broadcast_to(block, (self.shape[0],) + block.shape[1:])
             return torch.from_numpy(np.array(block))
+        if isinstance(rows, np.ndarray) and rows.ndim == 1 and np.issubdtype(rows.dtype, np.integer):
+            block = self._read_rows(rows)[None]  # (1, len(rows), D)
+            if self.shape[0] > 1:
+                block = np.broadcast_to(block, (self.shape[0],) + block.shape[1:])
+            return torch.from_numpy(np.array(block))
         mapped = np.memmap(filename, dtype=dtype, mode="r", offset=offset, shape=shape)
         view = mapped[None]
         if self.shape[0] > view.shape[0]:
@@ -133,6 +138,33 @@ class PointSource:
         chunk = torch.from_numpy(np.array(view[key]))
         del view, mapped
         return chunk
+
+    def _read_rows(self, rows: np.ndarray, window_bytes: int = 8 * 2**20) -> np.ndarray:
+        """Rows ``rows (m,)`` of the file as an ``(m, D)`` array, by plain reads of the windows of at
+        most ``window_bytes`` that hold them (in sorted order): a file truncated meanwhile gives a
+        short read, which is an error, where a memory map would crash the process (SIGBUS)."""
+        filename, dtype, offset, shape = self._mapping
+        rows = np.where(rows < 0, rows + shape[0], rows)
+        if rows.size and (rows.min() < 0 or rows.max() >= shape[0]):
+            raise IndexError(f"{self.name}: row index out of range for {shape[0]} rows.")
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        row_bytes = shape[1] * dtype.itemsize
+        window = max(1, window_bytes // max(row_bytes, 1))
+        out = np.empty((rows.size, shape[1]), dtype=dtype)
+        with open(filename, "rb") as fh:
+            i = 0
+            while i < ordered.size:
+                lo = int(ordered[i])
+                j = int(np.searchsorted(ordered, lo + window, side="left"))
+                hi = int(ordered[j - 1]) + 1
+                buf = os.pread(fh.fileno(), (hi - lo) * row_bytes, offset + lo * row_bytes)
+                if len(buf) != (hi - lo) * row_bytes:
+                    self._check_unchanged(force=True)
+                block = np.frombuffer(buf, dtype=dtype).reshape(hi - lo, shape[1])
+                out[order[i:j]] = block[ordered[i:j] - lo]
+                i = j
+        return out
 
     def _check_unchanged(self, force: bool = False) -> None:
         """Raise ``ValueError`` when the file read has changed since it was opened."""
