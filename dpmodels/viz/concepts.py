@@ -11,7 +11,7 @@ from scipy.cluster.hierarchy import dendrogram
 
 from ..maps.layer_maps import LayerMaps
 from .fit import cluster_colours
-from .maps import _image_hwc
+from .maps import draw_patch_grid, top_patches
 
 __all__ = ["plot_concepts"]
 
@@ -60,26 +60,13 @@ def plot_concepts(images, concept_maps: LayerMaps, selection, *, top_k: int = 6)
     ax_ent.axvspan(lo - 0.5, hi + 0.5, color="grey", alpha=0.2, label="90% over draws")
     ax_ent.set(xlabel="number of concepts k", ylabel="ENT (nats / point)")
     ax_ent.legend(fontsize=7)
-    axes = right.subplots(max(rows, 1), top_k, squeeze=False)
-    conf = torch.nan_to_num(concept_maps.confidence, nan=-1.0)
-    Hl, Wl = concept_maps.geometry.map_size
-    for c, row in enumerate(axes[:rows]):
-        score = torch.where(
-            concept_maps.labels == c, conf, torch.full_like(conf, -1.0)
-        ).flatten()  # (I*H_l*W_l,)
-        for ax, flat in zip(row, score.argsort(descending=True)[:top_k].tolist(), strict=False):
-            if score[flat] < 0:
-                continue
-            i, rem = divmod(flat, Hl * Wl)
-            y0, y1, x0, x1 = concept_maps.geometry.patch_box(*divmod(rem, Wl))
-            ax.imshow(_image_hwc(imgs[i])[y0:y1, x0:x1])
+    ax = right.subplots()
+    grid = [[(p, "") for p, _ in top_patches(imgs, concept_maps, c, top_k)] for c in range(rows)]
+    labels = []
+    for c in range(rows):
         members = ", ".join(str(int(m)) for m in h.components[concept_of == c])
-        row[0].set_ylabel(
-            f"concept {c}\nw={float(concept_maps.weights[c]):.2f}\n[{members}]", color=colours[c], fontsize=7
-        )
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
+        labels.append((f"concept {c}\nw={float(concept_maps.weights[c]):.2f}\n[{members}]", colours[c]))
+    draw_patch_grid(ax, grid, labels)
     right.suptitle(f"top-{top_k} patches per concept", fontsize=9)
     return fig
 

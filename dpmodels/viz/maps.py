@@ -25,6 +25,7 @@ from ..maps.transitions import transition_matrix
 from .fit import cluster_colours
 
 __all__ = [
+    "draw_patch_grid",
     "label_overlay",
     "plot_cluster_counts",
     "plot_image_layers",
@@ -32,6 +33,7 @@ __all__ = [
     "plot_prototypes",
     "plot_transitions",
     "save_figure",
+    "top_patches",
 ]
 
 MAX_LEGEND = 10  # legend entries per label panel
@@ -180,12 +182,68 @@ def plot_cluster_counts(
     return fig
 
 
+def _fit_cell(patch: np.ndarray, cell: int) -> np.ndarray:
+    """``patch (h, w, 3)`` resized (nearest pixel) so that its longer side is ``cell`` pixels."""
+    h, w = patch.shape[:2]
+    scale = cell / max(h, w)
+    ys = np.minimum((np.arange(max(1, round(h * scale))) / scale).astype(np.int64), h - 1)
+    xs = np.minimum((np.arange(max(1, round(w * scale))) / scale).astype(np.int64), w - 1)
+    return patch[ys][:, xs]
+
+
+def draw_patch_grid(ax, rows: Sequence[Sequence[tuple[np.ndarray, str] | None]], labels, *, cell: int = 96):
+    """Image patches in a grid on one axes (one image, so hundreds of patches cost one draw):
+    ``rows[r][c]`` is ``(patch (h, w, 3) in [0, 1], title)`` or ``None`` (an empty cell); each
+    patch is scaled to fit a ``cell`` x ``cell`` square, centred. ``labels``: one ``(text, colour)``
+    per row, written left of it."""
+    n_rows, n_cols = max(len(rows), 1), max((len(r) for r in rows), default=1)
+    gap = max(2, cell // 6)  # room for the titles
+    step = cell + gap
+    canvas = np.ones((n_rows * step, max(n_cols, 1) * step - gap + 1, 3))
+    for r, row in enumerate(rows):
+        for c, item in enumerate(row):
+            if item is None:
+                continue
+            patch = _fit_cell(item[0], cell)
+            y0 = r * step + gap + (cell - patch.shape[0]) // 2
+            x0 = c * step + (cell - patch.shape[1]) // 2
+            canvas[y0 : y0 + patch.shape[0], x0 : x0 + patch.shape[1]] = patch
+            ax.text(c * step + cell / 2, r * step + gap - 1, item[1], fontsize=6, ha="center", va="bottom")
+    ax.imshow(canvas, interpolation="nearest")
+    for r, (text, colour) in enumerate(labels):
+        ax.text(-gap, r * step + gap + cell / 2, text, color=colour, fontsize=8, ha="right", va="center")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def top_patches(images, maps: LayerMaps, label: int, top_k: int) -> list[tuple[np.ndarray, float]]:
+    """The receptive-field patches ``(h, w, 3)`` of the ``top_k`` positions labelled ``label`` with
+    the highest confidence, with that confidence (fewer if fewer positions carry the label).
+    ``images``: ``(I, C, H, W)``, the extracted images."""
+    conf = torch.nan_to_num(maps.confidence, nan=-1.0)
+    score = torch.where(maps.labels == label, conf, torch.full_like(conf, -1.0)).flatten()  # (I*H_l*W_l,)
+    k = min(top_k, score.numel())
+    values, best = torch.topk(score, k)  # highest first, like a descending sort
+    Hl, Wl = maps.geometry.map_size
+    out = []
+    for value, flat in zip(values.tolist(), best.tolist(), strict=True):
+        if value < 0:
+            break
+        i, rem = divmod(flat, Hl * Wl)
+        y0, y1, x0, x1 = maps.geometry.patch_box(*divmod(rem, Wl))
+        out.append((_image_hwc(images[i])[y0:y1, x0:x1], value))
+    return out
+
+
 def plot_prototypes(
     images, maps: LayerMaps, *, top_k: int = 6, clusters: Sequence[int] | None = None
 ) -> Figure:
     """Cluster prototypes: for each cluster (row; default the active ones, at most 10), the ``top_k``
     positions assigned to it with the highest responsibility, shown as their receptive-field patch
-    (``geometry.patch_box``). ``images``: ``(I, C, H, W)``, the extracted images."""
+    (``geometry.patch_box``), scaled to one cell size. ``images``: ``(I, C, H, W)``, the extracted
+    images."""
     imgs = images.detach().cpu() if isinstance(images, torch.Tensor) else torch.as_tensor(images)
     if (
         imgs.dim() != 4
@@ -199,30 +257,15 @@ def plot_prototypes(
     if clusters is None:
         clusters = [int(k) for k in torch.nonzero(maps.active).flatten()[:10]]
     K = int(maps.weights.shape[0])
-    fig, axes = plt.subplots(
-        max(len(clusters), 1), top_k, figsize=(1.3 * top_k + 1.2, 1.3 * max(len(clusters), 1)), squeeze=False
+    n_rows = max(len(clusters), 1)
+    fig, ax = plt.subplots(figsize=(1.3 * top_k + 1.2, 1.3 * n_rows))
+    fig.subplots_adjust(
+        left=1.2 / (1.3 * top_k + 1.2), right=0.99, top=1 - 0.45 / (1.3 * n_rows), bottom=0.01
     )
-    conf = torch.nan_to_num(maps.confidence, nan=-1.0)
-    for row, k in zip(axes, clusters, strict=False):
-        score = torch.where(maps.labels == k, conf, torch.full_like(conf, -1.0)).flatten()  # (I*H_l*W_l,)
-        best = score.argsort(descending=True)[:top_k]
-        for ax, flat in zip(row, best.tolist(), strict=False):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if score[flat] < 0:
-                continue
-            i, rem = divmod(flat, maps.geometry.map_size[0] * maps.geometry.map_size[1])
-            y, x = divmod(rem, maps.geometry.map_size[1])
-            y0, y1, x0, x1 = maps.geometry.patch_box(y, x)
-            ax.imshow(_image_hwc(imgs[i])[y0:y1, x0:x1])
-            ax.set_title(f"r={float(score[flat]):.2f}", fontsize=6)
-        row[0].set_ylabel(
-            f"cluster {k}\nw={float(maps.weights[k]):.2f}", color=cluster_colours(K)[k], fontsize=8
-        )
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(f"{maps.name}: top-{top_k} patches per cluster (receptive field)", fontsize=9)
+    rows = [[(p, f"r={v:.2f}") for p, v in top_patches(imgs, maps, k, top_k)] for k in clusters]
+    labels = [(f"cluster {k}\nw={float(maps.weights[k]):.2f}", cluster_colours(K)[k]) for k in clusters]
+    draw_patch_grid(ax, rows, labels)
+    ax.set_title(f"{maps.name}: top-{top_k} patches per cluster (receptive field)", fontsize=9)
     return fig
 
 

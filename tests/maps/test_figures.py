@@ -58,8 +58,12 @@ def test_layers_counts_prototypes_transitions_render(maps, tmp_path):
     plt.close(fig)
     plt.close(plot_cluster_counts(intervals={"a": (1, 2, 4)}))
     fig = plot_prototypes(images, m, top_k=3)
-    assert len(fig.axes) == 3 * max(m.n_active, 1)
-    assert any(ax.images for ax in fig.axes)
+    (ax,) = fig.axes  # one image holds every patch
+    titles = [t.get_text() for t in ax.texts if t.get_text().startswith("r=")]
+    rows = [t.get_text() for t in ax.texts if t.get_text().startswith("cluster")]
+    assert len(rows) == min(m.n_active, 10) and 1 <= len(titles) <= 3 * len(rows)
+    canvas = np.asarray(ax.images[0].get_array())
+    assert canvas.shape[2] == 3 and (canvas < 1).any()  # patches drawn on the white canvas
     save_figure(fig, tmp_path / "proto.pdf")
     fig = plot_transitions([m, m])
     mat = fig.axes[0].images[0].get_array()
