@@ -12,12 +12,14 @@ affine in these statistics, so blending statistics with step ``rho`` is a natura
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
 
 from ..models.base_measure import BaseMeasure
+from ..models.diagonal import DiagPlan, diag_plan
 from ..models.family import (
     LOG_2PI,
     VariationalParams,
@@ -43,6 +45,7 @@ from ..priors import WeightPrior
 __all__ = [
     "Stats",
     "e_step",
+    "diag_e_step",
     "stats_from_responsibilities",
     "m_step",
     "component_update",
@@ -111,20 +114,106 @@ def e_step(
     params: VariationalParams,
     x: Tensor,
     e_log_pi: Tensor | None = None,
-    plan: QuadraticPlan | None = None,
+    plan: QuadraticPlan | DiagPlan | None = None,
 ) -> tuple[Stats, Tensor]:
     """Responsibilities and statistics of a centred chunk ``x (B, n, D)``.
 
-    ``plan`` (:func:`~dpmodels.models.family.quadratic_plan` of ``params``, built once per pass)
-    picks the form of the quadratic forms and of the scatter for the width ``D``; memory stays
-    bounded as :mod:`dpmodels.models.quadratic` states. Returns the chunk's :class:`Stats`
-    (float64) and ``log r (B, n, K)``.
+    ``plan`` (:func:`~dpmodels.models.family.quadratic_plan` of ``params``, built once per pass;
+    for diagonal components :func:`~dpmodels.models.diagonal.diag_plan`) picks the form of the
+    quadratic forms and of the scatter for the width ``D``; memory stays bounded as
+    :mod:`dpmodels.models.quadratic` states. Diagonal components take :func:`diag_e_step`.
+    Returns the chunk's :class:`Stats` (float64) and ``log r (B, n, K)``.
     """
+    if params.covariance == "diag":
+        if not isinstance(plan, DiagPlan):
+            plan = diag_plan(params, x.dtype, x.device)
+        return diag_e_step(plan, x, expected_log_weights(params) if e_log_pi is None else e_log_pi)
     plan = plan or quadratic_plan(params)
     if params.covariance == "lowrank":
         return lowrank_e_step(params, x, e_log_pi, plan)
     log_r = assignment_log_probs(params, x, e_log_pi, plan)  # (B, n, K)
     return stats_from_responsibilities(log_r, x, plan.form), log_r
+
+
+def diag_e_step(plan: DiagPlan, x: Tensor, e_log_pi: Tensor, pairs: Tensor | None = None):
+    """The E-step of diagonal components for a centred chunk ``x (B, n, D)``, in blocks of at most
+    :data:`STATS_BLOCK` points: the features ``[xc^2, xc]`` of a block (``xc = x - plan.centre``)
+    give its expected log-densities (one matrix product, :class:`~dpmodels.models.diagonal.DiagPlan`)
+    and, against the responsibilities of the components that hold weight in the block, its
+    statistics (one more); sums in the chunk's dtype within a block and in float64 across blocks
+    (as :func:`stats_from_responsibilities`), shifted back from ``centre`` in float64.
+
+    Returns ``(stats, log r (B, n, K))``; with ``pairs (B, P, 2)`` also the merge terms of
+    :func:`~dpmodels.infer.result.full_pass`, ``sum_n r_nk log r_nk`` ``(B, K)`` and ``sum_n (r_nj +
+    r_nk) log(r_nj + r_nk)`` ``(B, P)`` (float64; components and pairs with no weight in a block
+    are skipped, their terms are zero). Responsibilities below the dtype's smallest normal number
+    count as zero."""
+    B, n, D = x.shape
+    K = plan.K
+    f64 = dict(dtype=torch.float64, device=x.device)
+    count, entropy = torch.zeros(B, K, **f64), torch.zeros(B, **f64)
+    moments = torch.zeros(B, K, 2 * D, **f64)  # sum r xc^2, sum r xc
+    comp = torch.zeros(B, K, **f64) if pairs is not None else None
+    pair = torch.zeros(pairs.shape[:2], **f64) if pairs is not None else None
+    logs, floor = [], math.log(torch.finfo(x.dtype).tiny)
+    for start in range(0, n, STATS_BLOCK):
+        feats = plan.features(x[:, start : start + STATS_BLOCK])  # (B, m, 2D)
+        log_r = torch.log_softmax(plan.log_likelihood(feats) + e_log_pi.unsqueeze(1), dim=-1)  # (B, m, K)
+        logs.append(log_r)
+        # exp below the smallest normal number is many times slower (subnormal results): those are 0
+        small = log_r < floor
+        r = log_r.clamp_min(floor).exp_().masked_fill_(small, 0.0)
+        live = (r > 0).any(1).any(0).nonzero().flatten()  # components with weight in the block
+        whole = len(live) == K
+        r_l, lr_l = (r, log_r) if whole else (r[..., live], log_r[..., live])  # (B, m, L)
+        r_t = r_l.transpose(1, 2)  # (B, L, m)
+        block = (r_t @ feats).double()  # (B, L, 2D)
+        cnt = r_t.sum(-1).double()
+        if whole:
+            moments += block
+            count += cnt
+        else:
+            moments[:, live] += block
+            count[:, live] += cnt
+        entropy -= torch.where(r_l > 0, r_l * lr_l, torch.zeros_like(r_l)).double().sum((1, 2))
+        if pairs is not None:
+            _diag_merge_terms(lr_l, live, K, pairs, comp, pair)
+    if not logs:
+        raise ValueError("an E-step needs at least one point; got an empty chunk.")
+    c = plan.centre.double().unsqueeze(1)  # (B, 1, D)
+    s2c, s1c = moments[..., :D], moments[..., D:]
+    cn = count.unsqueeze(-1) * c  # (B, K, D)
+    stats = Stats(count, s1c + cn, s2c + 2.0 * c * s1c + cn * c, entropy)
+    log_r = torch.cat(logs, 1) if len(logs) > 1 else logs[0]
+    return (stats, log_r) if pairs is None else (stats, log_r, comp, pair)
+
+
+def _xlogx(r: Tensor) -> Tensor:
+    return torch.where(r > 0, r * torch.log(r.clamp_min(1e-300)), torch.zeros_like(r))
+
+
+def _diag_merge_terms(lr_l: Tensor, live: Tensor, K: int, pairs: Tensor, comp: Tensor, pair: Tensor) -> None:
+    """Add a block's merge terms to ``comp (B, K)`` and ``pair (B, P)``, from ``log r`` of its live
+    components ``lr_l (B, m, L)`` (``live (L,)``: their ids). ``r log r`` uses ``log r`` as it is
+    (no second log); a pair's ``(r_j + r_k) log(r_j + r_k)`` is evaluated where one of the two is live."""
+    B, m, L = lr_l.shape
+    lr64 = lr_l.double()
+    r64 = lr64.exp()
+    part = torch.where(r64 > 0, r64 * lr64, torch.zeros_like(r64)).sum(1)  # (B, L)
+    if L == K:
+        comp += part
+    else:
+        comp[:, live] += part
+    pos = torch.full((K,), L, dtype=torch.long, device=lr_l.device)  # dead components: a zero column
+    pos[live] = torch.arange(L, device=lr_l.device)
+    pj, pk = pos[pairs[..., 0]], pos[pairs[..., 1]]  # (B, P)
+    cols = ((pj < L) | (pk < L)).any(0).nonzero().flatten()
+    if len(cols) == 0:
+        return
+    r_ext = torch.cat([r64, r64.new_zeros(B, m, 1)], -1)  # (B, m, L + 1)
+    pj, pk = pj[:, cols].unsqueeze(1).expand(B, m, -1), pk[:, cols].unsqueeze(1).expand(B, m, -1)
+    both = torch.gather(r_ext, 2, pj) + torch.gather(r_ext, 2, pk)  # (B, m, P')
+    pair[:, cols] += _xlogx(both).sum(1)
 
 
 def lowrank_e_step(
