@@ -146,8 +146,8 @@ def diag_e_step(plan: DiagPlan, x: Tensor, e_log_pi: Tensor, pairs: Tensor | Non
     Returns ``(stats, log r (B, n, K))``; with ``pairs (B, P, 2)`` also the merge terms of
     :func:`~dpmodels.infer.result.full_pass`, ``sum_n r_nk log r_nk`` ``(B, K)`` and ``sum_n (r_nj +
     r_nk) log(r_nj + r_nk)`` ``(B, P)`` (float64; components and pairs with no weight in a block
-    are skipped, their terms are zero). Responsibilities below the dtype's smallest normal number
-    count as zero."""
+    are skipped, their terms are zero). Responsibilities below about the dtype's smallest normal
+    number count as zero."""
     B, n, D = x.shape
     K = plan.K
     f64 = dict(dtype=torch.float64, device=x.device)
@@ -155,7 +155,7 @@ def diag_e_step(plan: DiagPlan, x: Tensor, e_log_pi: Tensor, pairs: Tensor | Non
     moments = torch.zeros(B, K, 2 * D, **f64)  # sum r xc^2, sum r xc
     comp = torch.zeros(B, K, **f64) if pairs is not None else None
     pair = torch.zeros(pairs.shape[:2], **f64) if pairs is not None else None
-    logs, floor = [], math.log(torch.finfo(x.dtype).tiny)
+    logs, floor = [], math.log(torch.finfo(x.dtype).tiny) + 0.5  # (exp is slow just above log(tiny) too)
     for start in range(0, n, STATS_BLOCK):
         feats = plan.features(x[:, start : start + STATS_BLOCK])  # (B, m, 2D)
         log_r = torch.log_softmax(plan.log_likelihood(feats) + e_log_pi.unsqueeze(1), dim=-1)  # (B, m, K)

@@ -28,9 +28,13 @@ from torch import Tensor
 
 from .quadratic import _distinct_components
 
-__all__ = ["DiagPlan", "diag_plan"]
+__all__ = ["PAD_COLUMNS", "DiagPlan", "diag_plan"]
 
 LOG_2PI = math.log(2 * math.pi)
+# the weights' columns are padded to a multiple of this: on a 2-core AMD EPYC (MKL, one thread)
+# [2048 x 1024] @ [1024 x U] took 1.1 ms at U = 16, 2.2 at 32 and 2.8 at 48, but 2.6-8.2 ms at
+# widths in between (8.2 at U = 11, 7.6 at 49)
+PAD_COLUMNS = 16
 
 
 @dataclass
@@ -40,11 +44,15 @@ class DiagPlan:
     ``centre (B, D)``: the mean of the component means; ``offset (B, D)``: what is subtracted from
     the points a pass hands in before the features are formed (``centre``, plus the pass's
     centring ``shift`` when the points come uncentred: one subtraction instead of two);
-    ``weights (B, 2D, U)`` and ``bias (B, U)`` in the pass's dtype: ``[xc^2, xc] @ weights + bias``
-    is the expected log-density of the ``U`` distinct components; ``index (B, K)`` maps them back
-    to all ``K`` (``None``: the ``K`` components are distinct)."""
+    ``weights (B, 2D, U')`` in the pass's dtype: ``[xc^2, xc] @ weights`` holds the data terms of
+    the expected log-densities of the ``U`` distinct components in its first ``U`` columns (``U'``:
+    ``U`` rounded up to a multiple of :data:`PAD_COLUMNS` with zero columns, which BLAS multiplies
+    several times faster than odd widths); ``index (B, K)`` maps the ``U`` back to all ``K``
+    (``None``: the ``K`` components are distinct); ``bias (B, K)``: the constant terms of each of
+    the ``K``."""
 
     K: int
+    U: int
     centre: Tensor
     offset: Tensor
     weights: Tensor
@@ -72,7 +80,7 @@ class DiagPlan:
 
     def log_likelihood(self, feats: Tensor) -> Tensor:
         """``E_q[log N(x_n | mu_k, Lambda_k^-1)]`` ``(B, n, K)`` from ``feats`` (:meth:`features`)."""
-        return self.expand(torch.baddbmm(self.bias.unsqueeze(1), feats, self.weights))
+        return self.expand((feats @ self.weights)[..., : self.U]) + self.bias.unsqueeze(1)
 
 
 def diag_plan(
@@ -100,6 +108,10 @@ def diag_plan(
     weights = torch.cat([-0.5 * nu.unsqueeze(-1) * prec, nu.unsqueeze(-1) * m * prec], -1)  # (B, U, 2D)
     bias = const - 0.5 * nu * (m * m * prec).sum(-1)
     offset = centre if shift is None else centre + shift.to(centre)
-    weights = weights.transpose(1, 2).contiguous()
-    return DiagPlan(K, centre.to(dtype), offset.to(dtype), weights.to(dtype), bias.to(dtype), index)
+    U = weights.shape[1]
+    padded = weights.new_zeros(B, 2 * D, -(-U // PAD_COLUMNS) * PAD_COLUMNS)
+    padded[..., :U] = weights.transpose(1, 2)
+    if index is not None:
+        bias = torch.gather(bias, 1, index)  # (B, K)
+    return DiagPlan(K, U, centre.to(dtype), offset.to(dtype), padded.to(dtype), bias.to(dtype), index)
 
