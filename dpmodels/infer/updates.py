@@ -136,56 +136,55 @@ def e_step(
 
 
 def diag_e_step(plan: DiagPlan, x: Tensor, e_log_pi: Tensor, pairs: Tensor | None = None):
-    """The E-step of diagonal components for a centred chunk ``x (B, n, D)``, in blocks of at most
-    :data:`STATS_BLOCK` points: the features ``[xc^2, xc]`` of a block (``xc = x - plan.centre``)
-    give its expected log-densities (one matrix product, :class:`~dpmodels.models.diagonal.DiagPlan`)
-    and, against the responsibilities of the components that hold weight in the block, its
-    statistics (one more); sums in the chunk's dtype within a block and in float64 across blocks
-    (as :func:`stats_from_responsibilities`), shifted back from ``centre`` in float64.
+    """The E-step of diagonal components for a chunk ``x (B, n, D)`` (centred, or centred by the
+    plan's ``offset``, :func:`~dpmodels.models.diagonal.diag_plan`): the features ``[xc^2, xc]``
+    (``xc = x - offset``) give the expected log-densities (one matrix product,
+    :class:`~dpmodels.models.diagonal.DiagPlan`) and, against the responsibilities of the
+    components that hold weight in the chunk, the statistics (one more, batched over blocks of
+    :data:`STATS_BLOCK` points: sums in the chunk's dtype within a block and in float64 across
+    blocks, as :func:`stats_from_responsibilities`), shifted back from ``centre`` in float64. Every
+    step covers the whole chunk (few large operations: each costs a wait for all threads).
 
     Returns ``(stats, log r (B, n, K))``; with ``pairs (B, P, 2)`` also the merge terms of
     :func:`~dpmodels.infer.result.full_pass`, ``sum_n r_nk log r_nk`` ``(B, K)`` and ``sum_n (r_nj +
-    r_nk) log(r_nj + r_nk)`` ``(B, P)`` (float64; components and pairs with no weight in a block
+    r_nk) log(r_nj + r_nk)`` ``(B, P)`` (float64; components and pairs with no weight in the chunk
     are skipped, their terms are zero). Responsibilities below about the dtype's smallest normal
     number count as zero."""
     B, n, D = x.shape
-    K = plan.K
-    f64 = dict(dtype=torch.float64, device=x.device)
-    count, entropy = torch.zeros(B, K, **f64), torch.zeros(B, **f64)
-    moments = torch.zeros(B, K, 2 * D, **f64)  # sum r xc^2, sum r xc
-    comp = torch.zeros(B, K, **f64) if pairs is not None else None
-    pair = torch.zeros(pairs.shape[:2], **f64) if pairs is not None else None
-    logs, floor = [], math.log(torch.finfo(x.dtype).tiny) + 0.5  # (exp is slow just above log(tiny) too)
-    for start in range(0, n, STATS_BLOCK):
-        feats = plan.features(x[:, start : start + STATS_BLOCK])  # (B, m, 2D)
-        log_r = torch.log_softmax(plan.log_likelihood(feats) + e_log_pi.unsqueeze(1), dim=-1)  # (B, m, K)
-        logs.append(log_r)
-        # exp below the smallest normal number is many times slower (subnormal results): those are 0
-        small = log_r < floor
-        r = log_r.clamp_min(floor).exp_().masked_fill_(small, 0.0)
-        live = (r > 0).any(1).any(0).nonzero().flatten()  # components with weight in the block
-        whole = len(live) == K
-        r_l, lr_l = (r, log_r) if whole else (r[..., live], log_r[..., live])  # (B, m, L)
-        r_t = r_l.transpose(1, 2)  # (B, L, m)
-        block = (r_t @ feats).double()  # (B, L, 2D)
-        cnt = r_t.sum(-1).double()
-        if whole:
-            moments += block
-            count += cnt
-        else:
-            moments[:, live] += block
-            count[:, live] += cnt
-        entropy -= torch.where(r_l > 0, r_l * lr_l, torch.zeros_like(r_l)).double().sum((1, 2))
-        if pairs is not None:
-            _diag_merge_terms(lr_l, live, K, pairs, comp, pair)
-    if not logs:
+    if n == 0:
         raise ValueError("an E-step needs at least one point; got an empty chunk.")
+    K = plan.K
+    feats = plan.features(x)  # (B, n, 2D)
+    log_r = torch.log_softmax(plan.log_likelihood(feats) + e_log_pi.unsqueeze(1), dim=-1)  # (B, n, K)
+    # exp is many times slower where its result is subnormal (and just above): those count as 0
+    floor = math.log(torch.finfo(x.dtype).tiny) + 0.5
+    small = log_r < floor
+    r = log_r.clamp_min(floor).exp_().masked_fill_(small, 0.0)
+    live = (r > 0).any(1).any(0).nonzero().flatten()  # components with weight in the chunk
+    whole = len(live) == K
+    r_l, lr_l = (r, log_r) if whole else (r[..., live], log_r[..., live])  # (B, n, L)
+    cnt, moments = _blocked_sums(r_l, feats)  # (B, L), (B, L, 2D): sum r, sum r xc^2, sum r xc
+    entropy = -torch.where(r_l > 0, r_l * lr_l, torch.zeros_like(r_l)).double().sum((1, 2))
+    if not whole:
+        count = cnt.new_zeros(B, K)
+        count[:, live] = cnt
+        full = moments.new_zeros(B, K, 2 * D)
+        full[:, live] = moments
+        cnt, moments = count, full
     c = plan.centre.double().unsqueeze(1)  # (B, 1, D)
     s2c, s1c = moments[..., :D], moments[..., D:]
-    cn = count.unsqueeze(-1) * c  # (B, K, D)
-    stats = Stats(count, s1c + cn, s2c + 2.0 * c * s1c + cn * c, entropy)
-    log_r = torch.cat(logs, 1) if len(logs) > 1 else logs[0]
-    return (stats, log_r) if pairs is None else (stats, log_r, comp, pair)
+    cn = cnt.unsqueeze(-1) * c  # (B, K, D)
+    stats = Stats(cnt, s1c + cn, s2c + 2.0 * c * s1c + cn * c, entropy)
+    if pairs is None:
+        return stats, log_r
+    f64 = dict(dtype=torch.float64, device=x.device)
+    comp, pair = torch.zeros(B, K, **f64), torch.zeros(pairs.shape[:2], **f64)
+    for start in range(0, n, MERGE_BLOCK):  # (B, MERGE_BLOCK, P) float64 temporaries at most
+        _diag_merge_terms(lr_l[:, start : start + MERGE_BLOCK], live, K, pairs, comp, pair)
+    return stats, log_r, comp, pair
+
+
+MERGE_BLOCK = 8192
 
 
 def _xlogx(r: Tensor) -> Tensor:
