@@ -7,8 +7,8 @@ from dataclasses import astuple, dataclass, field
 import torch
 from torch import Tensor
 
-from ..models.dpgmm import ModelSpec
 from ..models.diagonal import diag_plan
+from ..models.dpgmm import ModelSpec
 from ..models.family import VariationalParams, expected_log_weights, quadratic_plan
 from ..models.lowrank import moved_stats
 from .merge import xlogx

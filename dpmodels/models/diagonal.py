@@ -114,4 +114,3 @@ def diag_plan(
     if index is not None:
         bias = torch.gather(bias, 1, index)  # (B, K)
     return DiagPlan(K, U, centre.to(dtype), offset.to(dtype), padded.to(dtype), bias.to(dtype), index)
-

@@ -44,7 +44,9 @@ def _reference(params: VariationalParams, x: torch.Tensor):
     maha = (diff.pow(2) / params.scale.unsqueeze(1)).sum(-1)  # (B, n, K)
     e_log_det = D * torch.digamma(0.5 * params.dof) - torch.log(0.5 * params.scale).sum(-1)
     const = 0.5 * e_log_det - 0.5 * D * math.log(2 * math.pi) - 0.5 * D / params.mean_precision
-    logits = expected_log_weights(params).unsqueeze(1) + const.unsqueeze(1) - 0.5 * params.dof.unsqueeze(1) * maha
+    logits = (
+        expected_log_weights(params).unsqueeze(1) + const.unsqueeze(1) - 0.5 * params.dof.unsqueeze(1) * maha
+    )
     log_r = torch.log_softmax(logits, -1)
     r = log_r.exp()
     r_t = r.transpose(1, 2)
@@ -69,7 +71,9 @@ def test_diag_e_step_matches_the_broadcast_formula(dtype, offset):
     live = ref_log_r > -30
     torch.testing.assert_close(log_r.double()[live], ref_log_r[live], **TOL[dtype])
     for name, want in ref.items():
-        torch.testing.assert_close(getattr(stats, name), want, **TOL[dtype], msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            getattr(stats, name), want, **TOL[dtype], msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 def test_distinct_components_are_evaluated_once_and_padded():
