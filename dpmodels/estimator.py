@@ -293,9 +293,12 @@ class DPGMM:
         return max(1, min(16, num_features - 1)) if self.rank is None else self.rank
 
     def _base_measure(self, source, scaling, group):
-        """The empirical base measure of the standardised ``source`` with this estimator's overrides."""
+        """The empirical base measure of the standardised ``source`` with this estimator's overrides.
+        Diagonal covariance takes ``z``'s moments from the pass that measured the scaling
+        (:meth:`~dpmodels.models.affine.AffineScaling.z_moments`): one pass over the data less."""
         D = source.shape[-1]
         rank = self._resolved_rank(D) if self.covariance == "lowrank" else None
+        moments = scaling.z_moments() if self.covariance == "diag" else None
         return empirical_base_measure(
             source,
             self.covariance,
@@ -305,6 +308,7 @@ class DPGMM:
             group=group,
             rank=rank,
             loading_precision=self.loading_precision,
+            moments=moments,
         )
 
     def _check_memory(self, B: int, N: int, D: int, in_memory: bool = True) -> None:

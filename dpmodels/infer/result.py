@@ -7,11 +7,12 @@ from dataclasses import astuple, dataclass, field
 import torch
 from torch import Tensor
 
+from ..models.diagonal import diag_plan
 from ..models.dpgmm import ModelSpec
 from ..models.family import VariationalParams, expected_log_weights, quadratic_plan
 from ..models.lowrank import moved_stats
 from .merge import xlogx
-from .updates import Stats, e_step, lowrank_e_step
+from .updates import Stats, diag_e_step, e_step, lowrank_e_step
 
 __all__ = ["ConvergenceWarning", "FitResult", "full_pass", "reduce_stats", "auto_chunk_size"]
 
@@ -77,7 +78,9 @@ def full_pass(
     cpu_fits = None if fits is None else fits.cpu()
     params_c = params.map(lambda t: t.to(device=device, dtype=dtype))
     e_log_pi = expected_log_weights(params_c)
-    plan = quadratic_plan(params_c)  # per-component factors, once per pass
+    diag = params.covariance == "diag"
+    # per-component factors, once per pass (diagonal: weights from the float64 parameters)
+    plan = diag_plan(params, dtype, device, shift) if diag else quadratic_plan(params_c)
     shift_c = shift.to(device=device, dtype=dtype).unsqueeze(1)
     lowrank = pairs is not None and params.covariance == "lowrank"
     total, comp, pair, pair_terms = None, 0.0, 0.0, None
@@ -90,16 +93,21 @@ def full_pass(
         x = data[:, start : start + chunk_size]
         if cpu_fits is not None:
             x = x[cpu_fits]
-        x = x.to(device=device, dtype=dtype) - shift_c
+        x = x.to(device=device, dtype=dtype)
+        if not diag:  # the diagonal plan subtracts shift and its centre in one step
+            x = x - shift_c
         if lowrank:
             stats, log_r, terms = lowrank_e_step(params_c, x, e_log_pi, plan, pairs[:, cols])
             pair_terms = (
                 terms if pair_terms is None else tuple(a + b for a, b in zip(pair_terms, terms, strict=True))
             )
+        elif diag and pairs is not None:
+            stats, _, comp_part, pair_part = diag_e_step(plan, x, e_log_pi, pairs)
+            comp, pair = comp + comp_part, pair + pair_part
         else:
             stats, log_r = e_step(params_c, x, e_log_pi, plan)
         total = stats if total is None else total + stats
-        if pairs is not None:
+        if pairs is not None and not diag:
             for sub in range(0, log_r.shape[1], 8192):  # (B, 8192, P) temporaries at most
                 r = log_r[:, sub : sub + 8192].double().exp()  # (B, m, K)
                 comp = comp + xlogx(r).sum(1)

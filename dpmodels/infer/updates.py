@@ -12,12 +12,14 @@ affine in these statistics, so blending statistics with step ``rho`` is a natura
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
 
 from ..models.base_measure import BaseMeasure
+from ..models.diagonal import DiagPlan, diag_plan
 from ..models.family import (
     LOG_2PI,
     VariationalParams,
@@ -43,6 +45,7 @@ from ..priors import WeightPrior
 __all__ = [
     "Stats",
     "e_step",
+    "diag_e_step",
     "stats_from_responsibilities",
     "m_step",
     "component_update",
@@ -111,20 +114,105 @@ def e_step(
     params: VariationalParams,
     x: Tensor,
     e_log_pi: Tensor | None = None,
-    plan: QuadraticPlan | None = None,
+    plan: QuadraticPlan | DiagPlan | None = None,
 ) -> tuple[Stats, Tensor]:
     """Responsibilities and statistics of a centred chunk ``x (B, n, D)``.
 
-    ``plan`` (:func:`~dpmodels.models.family.quadratic_plan` of ``params``, built once per pass)
-    picks the form of the quadratic forms and of the scatter for the width ``D``; memory stays
-    bounded as :mod:`dpmodels.models.quadratic` states. Returns the chunk's :class:`Stats`
-    (float64) and ``log r (B, n, K)``.
+    ``plan`` (:func:`~dpmodels.models.family.quadratic_plan` of ``params``, built once per pass;
+    for diagonal components :func:`~dpmodels.models.diagonal.diag_plan`) picks the form of the
+    quadratic forms and of the scatter for the width ``D``; memory stays bounded as
+    :mod:`dpmodels.models.quadratic` states. Diagonal components take :func:`diag_e_step`.
+    Returns the chunk's :class:`Stats` (float64) and ``log r (B, n, K)``.
     """
+    if params.covariance == "diag":
+        if not isinstance(plan, DiagPlan):
+            plan = diag_plan(params, x.dtype, x.device)
+        return diag_e_step(plan, x, expected_log_weights(params) if e_log_pi is None else e_log_pi)
     plan = plan or quadratic_plan(params)
     if params.covariance == "lowrank":
         return lowrank_e_step(params, x, e_log_pi, plan)
     log_r = assignment_log_probs(params, x, e_log_pi, plan)  # (B, n, K)
     return stats_from_responsibilities(log_r, x, plan.form), log_r
+
+
+def diag_e_step(plan: DiagPlan, x: Tensor, e_log_pi: Tensor, pairs: Tensor | None = None):
+    """The E-step of diagonal components for a chunk ``x (B, n, D)`` (centred, or centred by the
+    plan's ``offset``, :func:`~dpmodels.models.diagonal.diag_plan`): the features ``[xc^2, xc]``
+    (``xc = x - offset``) give the expected log-densities (one matrix product,
+    :class:`~dpmodels.models.diagonal.DiagPlan`) and, against the responsibilities of the
+    components that hold weight in the chunk, the statistics (one more, batched over blocks of
+    :data:`STATS_BLOCK` points: sums in the chunk's dtype within a block and in float64 across
+    blocks, as :func:`stats_from_responsibilities`), shifted back from ``centre`` in float64. Every
+    step covers the whole chunk (few large operations: each costs a wait for all threads).
+
+    Returns ``(stats, log r (B, n, K))``; with ``pairs (B, P, 2)`` also the merge terms of
+    :func:`~dpmodels.infer.result.full_pass`, ``sum_n r_nk log r_nk`` ``(B, K)`` and ``sum_n (r_nj +
+    r_nk) log(r_nj + r_nk)`` ``(B, P)`` (float64; components and pairs with no weight in the chunk
+    are skipped, their terms are zero). Responsibilities below about the dtype's smallest normal
+    number count as zero."""
+    B, n, D = x.shape
+    if n == 0:
+        raise ValueError("an E-step needs at least one point; got an empty chunk.")
+    K = plan.K
+    feats = plan.features(x)  # (B, n, 2D)
+    log_r = torch.log_softmax(plan.log_likelihood(feats) + e_log_pi.unsqueeze(1), dim=-1)  # (B, n, K)
+    # exp is many times slower where its result is subnormal (and just above): those count as 0
+    floor = math.log(torch.finfo(x.dtype).tiny) + 0.5
+    small = log_r < floor
+    r = log_r.clamp_min(floor).exp_().masked_fill_(small, 0.0)
+    live = (r > 0).any(1).any(0).nonzero().flatten()  # components with weight in the chunk
+    whole = len(live) == K
+    r_l, lr_l = (r, log_r) if whole else (r[..., live], log_r[..., live])  # (B, n, L)
+    cnt, moments = _blocked_sums(r_l, feats)  # (B, L), (B, L, 2D): sum r, sum r xc^2, sum r xc
+    entropy = -torch.where(r_l > 0, r_l * lr_l, torch.zeros_like(r_l)).double().sum((1, 2))
+    if not whole:
+        count = cnt.new_zeros(B, K)
+        count[:, live] = cnt
+        full = moments.new_zeros(B, K, 2 * D)
+        full[:, live] = moments
+        cnt, moments = count, full
+    c = plan.centre.double().unsqueeze(1)  # (B, 1, D)
+    s2c, s1c = moments[..., :D], moments[..., D:]
+    cn = cnt.unsqueeze(-1) * c  # (B, K, D)
+    stats = Stats(cnt, s1c + cn, s2c + 2.0 * c * s1c + cn * c, entropy)
+    if pairs is None:
+        return stats, log_r
+    f64 = dict(dtype=torch.float64, device=x.device)
+    comp, pair = torch.zeros(B, K, **f64), torch.zeros(pairs.shape[:2], **f64)
+    for start in range(0, n, MERGE_BLOCK):  # (B, MERGE_BLOCK, P) float64 temporaries at most
+        _diag_merge_terms(lr_l[:, start : start + MERGE_BLOCK], live, K, pairs, comp, pair)
+    return stats, log_r, comp, pair
+
+
+MERGE_BLOCK = 8192
+
+
+def _xlogx(r: Tensor) -> Tensor:
+    return torch.where(r > 0, r * torch.log(r.clamp_min(1e-300)), torch.zeros_like(r))
+
+
+def _diag_merge_terms(lr_l: Tensor, live: Tensor, K: int, pairs: Tensor, comp: Tensor, pair: Tensor) -> None:
+    """Add a block's merge terms to ``comp (B, K)`` and ``pair (B, P)``, from ``log r`` of its live
+    components ``lr_l (B, m, L)`` (``live (L,)``: their ids). ``r log r`` uses ``log r`` as it is
+    (no second log); a pair's ``(r_j + r_k) log(r_j + r_k)`` is evaluated where one of the two is live."""
+    B, m, L = lr_l.shape
+    lr64 = lr_l.double()
+    r64 = lr64.exp()
+    part = torch.where(r64 > 0, r64 * lr64, torch.zeros_like(r64)).sum(1)  # (B, L)
+    if L == K:
+        comp += part
+    else:
+        comp[:, live] += part
+    pos = torch.full((K,), L, dtype=torch.long, device=lr_l.device)  # dead components: a zero column
+    pos[live] = torch.arange(L, device=lr_l.device)
+    pj, pk = pos[pairs[..., 0]], pos[pairs[..., 1]]  # (B, P)
+    cols = ((pj < L) | (pk < L)).any(0).nonzero().flatten()
+    if len(cols) == 0:
+        return
+    r_ext = torch.cat([r64, r64.new_zeros(B, m, 1)], -1)  # (B, m, L + 1)
+    pj, pk = pj[:, cols].unsqueeze(1).expand(B, m, -1), pk[:, cols].unsqueeze(1).expand(B, m, -1)
+    both = torch.gather(r_ext, 2, pj) + torch.gather(r_ext, 2, pk)  # (B, m, P')
+    pair[:, cols] += _xlogx(both).sum(1)
 
 
 def lowrank_e_step(

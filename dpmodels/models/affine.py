@@ -67,11 +67,14 @@ def range_basis(cov: Tensor, rtol: float = RANGE_RTOL) -> Tensor | None:
 @dataclass
 class AffineScaling:
     """``z = (x - centre) / scale`` per fit: ``centre (B, D)`` and ``scale (B,)``, float64 on the CPU;
-    with ``basis (B, D, D')`` also projected on the data's range, ``z = Q^T (x - centre) / scale``."""
+    with ``basis (B, D, D')`` also projected on the data's range, ``z = Q^T (x - centre) / scale``.
+    ``variances (B, D)``: the data's per-feature variances that :meth:`from_source` measured (float64;
+    ``None`` otherwise), so that :meth:`z_moments` needs no second pass."""
 
     centre: Tensor
     scale: Tensor
     basis: Tensor | None = None
+    variances: Tensor | None = None
 
     @property
     def num_features(self) -> int:
@@ -101,7 +104,16 @@ class AffineScaling:
         (over the points of all ranks of ``group``, a :class:`~dpmodels.distributed.DataParallel`)."""
         mean, var = source.moments("diag", group=group)  # float64 (B, D), (B, D)
         rms = var.clamp_min(0.0).mean(-1).sqrt()  # (B,)
-        return cls(mean, torch.where(rms > 0, rms, torch.ones_like(rms)))
+        return cls(mean, torch.where(rms > 0, rms, torch.ones_like(rms)), variances=var)
+
+    def z_moments(self) -> tuple[Tensor, Tensor] | None:
+        """The mean ``(B, D)`` and per-feature variances ``(B, D)`` of ``z`` (float64), from the
+        data's moments measured by :meth:`from_source` (``z``'s mean is zero, its variances are the
+        data's divided by ``scale^2``), equal to those of the float32 ``z`` up to its rounding;
+        ``None`` without those moments or with a ``basis``."""
+        if self.variances is None or self.basis is not None:
+            return None
+        return torch.zeros_like(self.centre), self.variances / self.scale.pow(2)[:, None]
 
     @classmethod
     def identity(cls, batch: int, features: int) -> AffineScaling:

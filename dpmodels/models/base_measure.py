@@ -82,6 +82,7 @@ def empirical_base_measure(
     group=None,
     rank: int | None = None,
     loading_precision: float | None = None,
+    moments: tuple[Tensor, Tensor] | None = None,
 ) -> BaseMeasure:
     """Empirical-Bayes hyperparameters from ``data`` of shape ``(B, N, D)`` (or ``(N, D)``), a
     tensor, array or :class:`~dpmodels.data.PointSource` (read in chunks). Returned on the CPU.
@@ -103,6 +104,9 @@ def empirical_base_measure(
     noise variance ``Psi0_d / dof0`` is about ``1 / D`` of it), so the prior does not shrink factors
     the data support; a stronger prior (e.g. 1) makes VB trade loading scale against factor scale
     for hundreds of slow iterations.
+
+    ``moments``: the data's float64 mean ``(B, D)`` and covariance ``(B, D, D)`` (full) or
+    variances ``(B, D)`` (otherwise), when the caller has them: no pass over ``data`` then.
     """
     if covariance not in COVARIANCE_TYPES:
         raise ValueError(
@@ -117,7 +121,7 @@ def empirical_base_measure(
         check_rank(rank, D)
         if not float(loading_precision) > 0:
             raise ValueError(f"loading_precision must be > 0, got {loading_precision!r}; try 1.0.")
-    data_mean, emp = source.moments(
+    data_mean, emp = moments or source.moments(
         "full" if covariance == "full" else "diag", group=group
     )  # float64 (B, D), (B, D, D) or (B, D)
     if dof is None:

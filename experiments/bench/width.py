@@ -139,9 +139,11 @@ def _fit_dpmodels(job: dict, X, X_test, sampler_cls) -> dict:
     from dpmodels import DPGMM
     from dpmodels.infer import ConvergenceWarning
     from dpmodels.infer.degenerate import DegenerateDataWarning
+    from dpmodels.threads import set_threads
 
-    if job["threads"] is not None:
+    if job["threads"] is not None:  # the count scikit-learn gets, whatever else fits on the machine
         torch.set_num_threads(int(job["threads"]))
+        set_threads(int(job["threads"]))
     x = torch.as_tensor(X, dtype=torch.float32)
     rank = job["rank"] if job["covariance"] == "lowrank" else None
     model = DPGMM(truncation=job["truncation"], covariance=job["covariance"], rank=rank, seed=job["seed"])
