@@ -140,9 +140,8 @@ def diag_e_step(plan: DiagPlan, x: Tensor, e_log_pi: Tensor, pairs: Tensor | Non
     plan's ``offset``, :func:`~dpmodels.models.diagonal.diag_plan`): the features ``[xc^2, xc]``
     (``xc = x - offset``) give the expected log-densities (one matrix product,
     :class:`~dpmodels.models.diagonal.DiagPlan`) and, against the responsibilities of the
-    components that hold weight in the chunk, the statistics (one more, batched over blocks of
-    :data:`STATS_BLOCK` points: sums in the chunk's dtype within a block and in float64 across
-    blocks, as :func:`stats_from_responsibilities`), shifted back from ``centre`` in float64. Every
+    components that hold weight in the chunk, the statistics (one more, in float64, batched over
+    blocks of :data:`STATS_BLOCK` points), shifted back from ``centre`` in float64. Every
     step covers the whole chunk (few large operations: each costs a wait for all threads).
 
     Returns ``(stats, log r (B, n, K))``; with ``pairs (B, P, 2)`` also the merge terms of
@@ -163,7 +162,9 @@ def diag_e_step(plan: DiagPlan, x: Tensor, e_log_pi: Tensor, pairs: Tensor | Non
     live = (r > 0).any(1).any(0).nonzero().flatten()  # components with weight in the chunk
     whole = len(live) == K
     r_l, lr_l = (r, log_r) if whole else (r[..., live], log_r[..., live])  # (B, n, L)
-    cnt, moments = _blocked_sums(r_l, feats)  # (B, L), (B, L, 2D): sum r, sum r xc^2, sum r xc
+    # in float64: float32 block sums made fits depend on how the points were split (a minibatch fit
+    # over two ranks took another number of steps than the same fit in one process)
+    cnt, moments = _blocked_sums(r_l.double(), feats.double())  # (B, L), (B, L, 2D): sum r, r xc^2, r xc
     entropy = -torch.where(r_l > 0, r_l * lr_l, torch.zeros_like(r_l)).double().sum((1, 2))
     if not whole:
         count = cnt.new_zeros(B, K)
