@@ -124,6 +124,7 @@ def layer_geometry(
     device: str | torch.device = "cpu",
     mode: str | None = None,
     layouts: dict[str, Layout] | None = None,
+    map_sizes: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, LayerGeometry]:
     """Geometry of each of ``layers`` for inputs of ``input_size = (C, H, W)``.
 
@@ -132,6 +133,8 @@ def layer_geometry(
     ``"hooks"`` (default: whichever works for the model); ``layouts``: how layers that are not
     channel-first maps become maps (see :func:`list_layers`). Returns ``{layer: LayerGeometry}``.
     Layers the graph describes are derived without probing; results are cached per architecture.
+    ``map_sizes`` (``{layer: (H_l, W_l)}``): the layers' map sizes if a forward pass measured them
+    already (otherwise one forward pass of one input measures them, to check the derivation).
     """
     layers = list(layers)
     key = (
@@ -156,7 +159,9 @@ def layer_geometry(
             layers,
             input_size,
             max_probe=max_probe,
-            map_sizes=_map_sizes(model, layers, input_size, device, mode),
+            map_sizes=map_sizes
+            if map_sizes is not None
+            else _map_sizes(model, layers, input_size, device, mode),
         )
     rest = [n for n in layers if n not in derived]
     probed = (

@@ -178,7 +178,16 @@ def list_layers(
     spatial = [n for n in names if n in probed]
     layouts = {n: probed[n][1] for n in spatial}
     geometry = (
-        layer_geometry(model, spatial, input_size, seed=seed, device=device, mode=mode, layouts=layouts)
+        layer_geometry(
+            model,
+            spatial,
+            input_size,
+            seed=seed,
+            device=device,
+            mode=mode,
+            layouts=layouts,
+            map_sizes={n: tuple(probed[n][0][1:]) for n in spatial},
+        )
         if spatial
         else {}
     )
